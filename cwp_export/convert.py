@@ -1,0 +1,141 @@
+"""Hugging Face checkpoint → GGUF model file (the ``--protect 0`` path).
+
+Sequences the stages: open the source, pick the architecture adapter, build the vocabulary, choose
+a type per tensor, and stream every tensor through its transform and encoder into the writer.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from gguf import LlamaFileType
+
+from . import __version__, quant
+from .arch import adapter_for
+from .arch.base import ArchAdapter, TensorSpec
+from .errors import InputError
+from .formats.gguf_writer import GGUFWriter
+from .source import ModelSource, open_source
+from .tokenizer import Vocab, load_vocab
+
+# Output types for the plain conversion, and the file type each one announces.
+FILE_TYPES = {
+    "F32": LlamaFileType.ALL_F32,
+    "F16": LlamaFileType.MOSTLY_F16,
+    "BF16": LlamaFileType.MOSTLY_BF16,
+    "Q8_0": LlamaFileType.MOSTLY_Q8_0,
+}
+GGML_QUANT_VERSION = 2
+
+
+@dataclass(frozen=True)
+class PlannedTensor:
+    spec: TensorSpec
+    qtype: quant.QuantType
+
+
+@dataclass
+class Conversion:
+    """Everything decided before a byte is written: what a dry run can show."""
+
+    source: ModelSource
+    adapter: ArchAdapter
+    vocab: Vocab
+    outtype: str
+    tensors: list[PlannedTensor]
+
+    @property
+    def n_params(self) -> int:
+        n = 0
+        for t in self.tensors:
+            k = 1
+            for d in t.spec.shape:
+                k *= d
+            n += k
+        return n
+
+
+def choose_type(spec: TensorSpec, outtype: str) -> quant.QuantType:
+    """Vectors stay F32 (llama.cpp computes norms and biases in F32); matrices take ``outtype``,
+    falling back to F16 where rows do not hold whole quant blocks."""
+    if spec.is_1d or spec.source is None:
+        return quant.get("F32")
+    qt = quant.get(outtype)
+    if qt.is_quantized and spec.shape[-1] % qt.block_size:
+        return quant.get("F16")
+    return qt
+
+
+def plan(model: str | os.PathLike, outtype: str = "F16") -> Conversion:
+    outtype = outtype.upper()
+    if outtype not in FILE_TYPES:
+        raise InputError(f"output type {outtype!r} is not supported by the plain conversion; "
+                         f"choose one of {', '.join(FILE_TYPES)}")
+    source = open_source(model)
+    adapter = adapter_for(source.config)
+    specs = adapter.tensor_specs({n: r.shape for n, r in source.tensors.items()})
+    vocab = load_vocab(source.path, adapter.n_vocab_rows(), source.config)
+    tensors = [PlannedTensor(s, choose_type(s, outtype)) for s in specs]
+    return Conversion(source, adapter, vocab, outtype, tensors)
+
+
+def build_writer(conv: Conversion) -> GGUFWriter:
+    w = GGUFWriter()
+    w.add_string("general.architecture", conv.adapter.gguf_arch)
+    w.add_string("general.type", "model")
+    w.add_string("general.name", conv.source.name)
+    w.add_u32("general.quantization_version", GGML_QUANT_VERSION)
+    w.add_u32("general.file_type", int(FILE_TYPES[conv.outtype]))
+    w.add_string("general.quantized_by", f"cwp-export {__version__}")
+    for hp in conv.adapter.hparams():
+        w.add(hp.key, hp.value, hp.vtype, hp.sub_type)
+    for key, value, vtype, sub in conv.vocab.metadata():
+        w.add(key, value, vtype, sub)
+    for t in conv.tensors:
+        w.add_tensor(t.spec.name, t.spec.shape, t.qtype.ggml_type, _producer(conv.source, t))
+    return w
+
+
+def _producer(source: ModelSource, t: PlannedTensor) -> Callable[[], bytes]:
+    def produce() -> bytes:
+        spec = t.spec
+        x = spec.generate() if spec.source is None else source.load(spec.source)
+        if spec.transform is not None:
+            x = spec.transform(x)
+        if tuple(x.shape) != spec.shape:  # adapter bug, not user error
+            raise AssertionError(f"{spec.name}: transform gave shape {tuple(x.shape)}, "
+                                 f"expected {spec.shape}")
+        if t.qtype.is_quantized:
+            quant.check_finite(spec.name, x)
+        return t.qtype.encode(x)
+
+    return produce
+
+
+def output_path(outdir: Path, conv: Conversion) -> Path:
+    return outdir / f"{conv.source.name}-{conv.outtype}.gguf"
+
+
+def write(conv: Conversion, path: Path, progress: bool = True) -> tuple[int, str]:
+    """Write the model GGUF to ``path`` atomically; return (size, sha256)."""
+    writer = build_writer(conv)
+    total = sum(t.nbytes for t in writer.tensors)
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=path.name, leave=False)
+    try:
+        def step(entry) -> None:
+            if bar is not None:
+                bar.set_postfix_str(entry.name, refresh=False)
+                bar.update(entry.nbytes)
+
+        return writer.write(path, progress=step)
+    finally:
+        if bar is not None:
+            bar.close()
+        conv.source.close()
+

@@ -1,0 +1,1 @@
+"""File formats: only this package knows on-disk layouts (GGUF, manifest)."""

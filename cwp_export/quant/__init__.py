@@ -1,0 +1,68 @@
+"""Quantization types: a registry of encoders from float tensors to GGUF tensor bytes.
+
+Only this package knows block byte layouts. Each :class:`QuantType` names its GGML type, its block
+size and an ``encode(tensor) -> bytes`` function that is vectorised over the whole tensor (PyTorch,
+on whatever device the tensor is on) and matches ggml's own reference quantizer byte for byte.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
+
+from ..errors import InputError
+
+
+@dataclass(frozen=True)
+class QuantType:
+    name: str
+    ggml_type: GGMLQuantizationType
+    encode: Callable[[torch.Tensor], bytes]
+
+    @property
+    def block_size(self) -> int:
+        return GGML_QUANT_SIZES[self.ggml_type][0]
+
+    @property
+    def type_size(self) -> int:
+        return GGML_QUANT_SIZES[self.ggml_type][1]
+
+    @property
+    def is_quantized(self) -> bool:
+        return self.block_size > 1
+
+
+_REGISTRY: dict[str, QuantType] = {}
+
+
+def register(qt: QuantType) -> QuantType:
+    if qt.name in _REGISTRY:
+        raise ValueError(f"quant type {qt.name} is registered twice")
+    _REGISTRY[qt.name] = qt
+    return qt
+
+
+def get(name: str) -> QuantType:
+    try:
+        return _REGISTRY[name.upper()]
+    except KeyError:
+        raise InputError(f"unknown quant type {name!r}; supported: {', '.join(names())}") from None
+
+
+def names() -> list[str]:
+    return list(_REGISTRY)
+
+
+def check_finite(name: str, t: torch.Tensor) -> None:
+    if not torch.isfinite(t).all():
+        bad = int((~torch.isfinite(t)).sum())
+        raise InputError(f"tensor {name} holds {bad} NaN/Inf value(s); the checkpoint is damaged "
+                         f"and cannot be quantized")
+
+
+from . import basic  # noqa: E402,F401  (registers F32, F16, BF16, Q8_0)
+
+__all__ = ["QuantType", "check_finite", "get", "names", "register"]

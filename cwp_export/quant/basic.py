@@ -1,0 +1,61 @@
+"""Float types and Q8_0, matching ggml's reference conversions byte for byte.
+
+* F32, F16: IEEE conversions with round-to-nearest-even (what ggml's fp32→fp16 does).
+* BF16: round-to-nearest-even on the upper 16 bits; NaN keeps a quiet-NaN payload (ggml's rule).
+* Q8_0: blocks of 32 values: ``d = max|x| / 127`` stored as fp16, then ``q = round(x / d)`` with
+  round-half-away-from-zero (C ``roundf``), computed in fp32 like ggml's ``quantize_row_q8_0_ref``.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from gguf import GGMLQuantizationType as T
+
+from . import QuantType, register
+
+
+def _bytes(t: torch.Tensor) -> bytes:
+    return t.contiguous().cpu().numpy().tobytes()
+
+
+def encode_f32(x: torch.Tensor) -> bytes:
+    return _bytes(x.to(torch.float32))
+
+
+def encode_f16(x: torch.Tensor) -> bytes:
+    return _bytes(x.to(torch.float16))
+
+
+def encode_bf16(x: torch.Tensor) -> bytes:
+    if x.dtype == torch.bfloat16:
+        return _bytes(x.view(torch.int16))
+    bits = x.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
+    nan = torch.isnan(x.to(torch.float32))
+    rounded = (bits + (0x7FFF + ((bits >> 16) & 1))) >> 16
+    quiet = (bits >> 16) | 64
+    out = torch.where(nan, quiet, rounded) & 0xFFFF
+    return out.to(torch.int32).numpy().astype(np.uint16).tobytes()
+
+
+def round_half_away(x: torch.Tensor) -> torch.Tensor:
+    """C ``roundf``: halves go away from zero (torch.round goes to even)."""
+    t = torch.trunc(x)
+    return t + torch.where((x - t).abs() >= 0.5, torch.sign(x), torch.zeros_like(x))
+
+
+def encode_q8_0(x: torch.Tensor) -> bytes:
+    blocks = x.to(torch.float32).reshape(-1, 32)
+    d = blocks.abs().amax(dim=1) / 127.0
+    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+    q = round_half_away(blocks * inv[:, None]).to(torch.int8)
+    out = np.empty((blocks.shape[0], 34), dtype=np.uint8)
+    out[:, :2] = d.to(torch.float16).cpu().numpy().view(np.uint8).reshape(-1, 2)
+    out[:, 2:] = q.cpu().numpy().view(np.uint8)
+    return out.tobytes()
+
+
+F32 = register(QuantType("F32", T.F32, encode_f32))
+F16 = register(QuantType("F16", T.F16, encode_f16))
+BF16 = register(QuantType("BF16", T.BF16, encode_bf16))
+Q8_0 = register(QuantType("Q8_0", T.Q8_0, encode_q8_0))

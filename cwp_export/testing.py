@@ -1,0 +1,163 @@
+"""Tiny random checkpoints for tests and tools: one per supported architecture.
+
+Each is a real Hugging Face folder written with ``save_pretrained`` (safetensors), with a small
+tokenizer trained here on self-written multilingual text, so every code path a real checkpoint takes
+(byte-level BPE with several pre-tokenizers, SentencePiece-style BPE with byte fallback, tied and
+untied heads, biases, QK norms, sliding-window layers) is exercised in seconds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+# Self-written sentences in the seven languages the project cares about, used to train tokenizers
+# and as test prompts.
+PROMPTS = {
+    "en": "The nurse said that the doctor would arrive at 10:30, but nobody believed her.",
+    "fr": "L'infirmière a dit que le médecin arriverait à 10h30, mais personne ne l'a crue.",
+    "nl": "De verpleegster zei dat de dokter om half elf zou komen, maar niemand geloofde haar.",
+    "es": "La enfermera dijo que el médico llegaría a las 10:30, pero nadie le creyó.",
+    "tr": "Hemşire doktorun 10.30'da geleceğini söyledi ama kimse ona inanmadı.",
+    "ko": "간호사는 의사가 10시 30분에 도착할 것이라고 말했지만 아무도 믿지 않았다.",
+    "ar": "قالت الممرضة إن الطبيب سيصل في الساعة العاشرة والنصف، لكن لم يصدقها أحد.",
+}
+
+_EXTRA_TEXT = [
+    "How do I stop a Python process that hangs? Use kill with the process id, or Ctrl+C.",
+    "Les enfants jouent dans le jardin pendant que leurs parents préparent le dîner.",
+    "Het weer in Amsterdam is vandaag koud en winderig, met af en toe een regenbui.",
+    "El tren sale de Madrid a las ocho y llega a Barcelona antes del mediodía.",
+    "İstanbul'da yaşayan öğrenciler her sabah vapurla okula gidiyorlar.",
+    "서울의 봄은 짧지만 벚꽃이 피면 많은 사람들이 공원으로 나간다.",
+    "يذهب الطلاب إلى المكتبة كل يوم لقراءة الكتب ودراسة العلوم.",
+    "Numbers: 0 1 2 3 4 5 6 7 8 9 12 345 6789 3.14 -42 1,000,000",
+    "Code: def f(x):\n    return x * 2  # doubles\n\tif x > 0: print('ok')",
+]
+
+
+def training_text() -> list[str]:
+    return list(PROMPTS.values()) + _EXTRA_TEXT
+
+
+_QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+                r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+
+
+def _byte_level_tokenizer(style: str, specials: list[str], vocab_size: int):
+    from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    tok = Tokenizer(models.BPE())
+    if style == "smollm":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Digits(individual_digits=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)])
+    elif style == "qwen2":
+        tok.pre_tokenizer = pre_tokenizers.Sequence([
+            pre_tokenizers.Split(Regex(_QWEN2_SPLIT), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    else:
+        raise ValueError(style)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tok.train_from_iterator(training_text(), trainer)
+    return tok
+
+
+def _spm_style_tokenizer(specials: list[str], vocab_size: int):
+    """A SentencePiece-style BPE (▁ for spaces, <0xXX> byte fallback), like Gemma's."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, trainers
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True, fuse_unk=True))
+    tok.normalizer = normalizers.Replace(" ", "\u2581")
+    tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
+                                     decoders.Fuse()])
+    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials + byte_tokens,
+                                  show_progress=False)
+    tok.train_from_iterator(training_text(), trainer)
+    return tok
+
+
+def _config(arch: str, vocab: int) -> Any:
+    import transformers as tf
+
+    common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
+                  rms_norm_eps=1e-5)
+    if arch == "llama":
+        return tf.LlamaConfig(**common, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+    if arch == "mistral":
+        return tf.MistralConfig(**common, tie_word_embeddings=False, sliding_window=None,
+                                bos_token_id=1, eos_token_id=2)
+    if arch == "qwen2":
+        return tf.Qwen2Config(**common, tie_word_embeddings=False, bos_token_id=None,
+                              eos_token_id=0)
+    if arch == "qwen3":
+        return tf.Qwen3Config(**common, head_dim=32, tie_word_embeddings=True, eos_token_id=0)
+    if arch == "gemma3":
+        return tf.Gemma3TextConfig(**{**common, "num_hidden_layers": 3}, head_dim=32,
+                                   query_pre_attn_scalar=32, sliding_window=8,
+                                   layer_types=["sliding_attention", "sliding_attention",
+                                                "full_attention"],
+                                   final_logit_softcapping=None, bos_token_id=2, eos_token_id=1,
+                                   pad_token_id=0)
+    raise ValueError(arch)
+
+
+ARCHITECTURES = ("llama", "mistral", "qwen2", "qwen3", "gemma3")
+
+_CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['content'] }}"
+                  "<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n"
+                  "{% endif %}")
+
+
+def make_tiny_model(arch: str, folder: str | Path, seed: int = 0) -> Path:
+    """Write a tiny random ``arch`` checkpoint with its tokenizer into ``folder``."""
+    import torch
+    import transformers as tf
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    if arch == "gemma3":
+        specials = ["<pad>", "<eos>", "<bos>", "<unk>", "<start_of_turn>", "<end_of_turn>"]
+        tok = _spm_style_tokenizer(specials, 600)
+        bos, eos, pad, unk = "<bos>", "<eos>", "<pad>", "<unk>"
+        from tokenizers import processors
+        tok.post_processor = processors.TemplateProcessing(
+            single="<bos> $A", pair="<bos> $A $B", special_tokens=[("<bos>", 2)])
+    elif arch in ("qwen2", "qwen3"):
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        tok = _byte_level_tokenizer("qwen2", specials, 600)
+        bos, eos, pad, unk = None, "<|endoftext|>", "<|endoftext|>", None
+    else:
+        specials = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+        tok = _byte_level_tokenizer("smollm", specials, 600)
+        bos, eos, pad, unk = "<|im_start|>", "<|im_end|>", None, None
+    vocab = tok.get_vocab_size() + 8  # padded like many real checkpoints
+    fast = tf.PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos,
+                                      pad_token=pad, unk_token=unk)
+    fast.chat_template = _CHAT_TEMPLATE
+
+    cfg = _config(arch, vocab)
+    cls = {"llama": tf.LlamaForCausalLM, "mistral": tf.MistralForCausalLM,
+           "qwen2": tf.Qwen2ForCausalLM, "qwen3": tf.Qwen3ForCausalLM,
+           "gemma3": tf.Gemma3ForCausalLM}[arch]
+    torch.manual_seed(seed)
+    model = cls(cfg)
+    with torch.no_grad():  # random norms and biases, so a wrong transform cannot hide
+        for name, p in model.named_parameters():
+            if p.ndim == 1:
+                p.copy_(torch.randn_like(p) * 0.1 + (0.0 if arch == "gemma3" else 1.0))
+            else:
+                p.normal_(0.0, 0.08)
+    model.save_pretrained(folder, safe_serialization=True)
+    fast.save_pretrained(folder)
+    return folder
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / "config.json").read_text())
