@@ -161,3 +161,43 @@ def make_tiny_model(arch: str, folder: str | Path, seed: int = 0) -> Path:
 
 def read_config(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "config.json").read_text())
+
+
+def compare_with_transformers(gguf_path: str | Path, hf_folder: str | Path,
+                              prompts: dict[str, str] | None = None,
+                              f32_cache: bool = True) -> dict[str, dict[str, Any]]:
+    """Per-language agreement of llama-cpp-python and transformers on the same prompts.
+
+    For each prompt: whether llama.cpp's tokenization equals the HF tokenizer's (with special
+    tokens added the way each side's config says), the largest absolute difference of per-position
+    log-probabilities over the whole vocabulary, and the share of positions with the same top-1
+    token. The model runs in float32 on the transformers side.
+    """
+    import llama_cpp
+    import numpy as np
+    import torch
+    import transformers as tf
+
+    prompts = prompts or PROMPTS
+    tok = tf.AutoTokenizer.from_pretrained(str(hf_folder))
+    model = tf.AutoModelForCausalLM.from_pretrained(str(hf_folder), dtype=torch.float32).eval()
+    cache = dict(type_k=0, type_v=0) if f32_cache else {}
+    llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=512, n_batch=512, logits_all=True,
+                          verbose=False, n_threads=2, seed=0, **cache)
+    out: dict[str, dict[str, Any]] = {}
+    try:
+        for lang, text in prompts.items():
+            hf_ids = tok(text)["input_ids"]
+            lc_ids = llm.tokenize(text.encode("utf-8"), add_bos=True, special=False)
+            llm.reset()
+            llm.eval(hf_ids)
+            lc = torch.tensor(np.array(llm.scores[: len(hf_ids)]), dtype=torch.float32)
+            with torch.no_grad():
+                ref = model(torch.tensor([hf_ids])).logits[0].float()
+            d = (torch.log_softmax(lc, -1) - torch.log_softmax(ref, -1)).abs().max().item()
+            top1 = (lc.argmax(-1) == ref.argmax(-1)).float().mean().item()
+            out[lang] = {"tokens_equal": hf_ids == lc_ids, "n_tokens": len(hf_ids),
+                         "max_abs_dlogprob": d, "top1_agreement": top1}
+    finally:
+        llm.close()
+    return out
