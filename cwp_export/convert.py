@@ -108,9 +108,12 @@ def _producer(source: ModelSource, t: PlannedTensor) -> Callable[[], bytes]:
         if tuple(x.shape) != spec.shape:  # adapter bug, not user error
             raise AssertionError(f"{spec.name}: transform gave shape {tuple(x.shape)}, "
                                  f"expected {spec.shape}")
-        if t.qtype.is_quantized:
-            quant.check_finite(spec.name, x)
-        return t.qtype.encode(x)
+        label = spec.name if spec.source is None else f"{spec.source} ({spec.name})"
+        quant.check_finite(label, x)
+        data = t.qtype.encode(x)
+        if t.qtype.name == "F16":
+            quant.check_f16_range(label, x)
+        return data
 
     return produce
 
@@ -126,7 +129,9 @@ def write(conv: Conversion, path: Path, progress: bool = True) -> tuple[int, str
     bar = None
     if progress:
         from tqdm.auto import tqdm
-        bar = tqdm(total=total, unit="B", unit_scale=True, desc=path.name, leave=False)
+        # disable=None: no bar when stderr is not a terminal (logs stay clean)
+        bar = tqdm(total=total, unit="B", unit_scale=True, desc=path.name, leave=False,
+                   disable=None)
     try:
         def step(entry) -> None:
             if bar is not None:

@@ -65,7 +65,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
             header = json.loads(f.read(n).decode("utf-8"))
     except InputError:
         raise
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as e:
         raise InputError(f"{path} has a corrupt safetensors header ({e.__class__.__name__}); "
                          f"re-download or re-save the checkpoint") from e
     except OSError as e:
@@ -84,7 +84,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
         except (KeyError, TypeError, ValueError) as e:
             raise InputError(f"{path}: corrupt header entry for tensor {name!r}; re-download or "
                              f"re-save the checkpoint") from e
-        if dtype not in _ST_DTYPES:
+        if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
             raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
         ref = TensorRef(name, path, dtype, shape, start, end)
         if end < start or ref.nbytes != ref.numel * _ST_DTYPES[dtype]:
@@ -94,7 +94,21 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
             raise InputError(f"{path} is truncated: tensor {name!r} ends at byte {end} of a "
                              f"{data_size}-byte data section; re-download or re-save the checkpoint")
         refs[name] = ref
+    _check_with_safetensors(path)
     return refs
+
+
+def _check_with_safetensors(path: Path) -> None:
+    """Let the safetensors library validate the header too (offset gaps or overlaps, trailing
+    bytes, metadata types), so what it would refuse at load time is refused here, up front."""
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="np"):
+            pass
+    except Exception as e:  # SafetensorError and whatever else the parser raises
+        raise InputError(f"{path} is not a valid safetensors file ({e}); re-download or re-save "
+                         f"the checkpoint") from e
 
 
 @dataclass
@@ -197,9 +211,11 @@ def _weight_files(path: Path) -> list[Path]:
     if index.is_file():
         try:
             weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-        except (OSError, KeyError, TypeError, UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise InputError(f"{index} is corrupt (no weight_map); re-download the checkpoint") from e
-        files = sorted({path / v for v in weight_map.values()})
+            files = sorted({path / v for v in weight_map.values()})
+        except (OSError, KeyError, TypeError, AttributeError, UnicodeDecodeError,
+                json.JSONDecodeError, RecursionError) as e:
+            raise InputError(f"{index} is corrupt (no weight_map); re-download "
+                             f"the checkpoint") from e
         missing = [f.name for f in files if not f.is_file()]
         if missing:
             raise InputError(f"{path} is missing shard(s) {', '.join(missing)} listed in "

@@ -75,11 +75,17 @@ def _spm_style_tokenizer(specials: list[str], vocab_size: int):
     tok.normalizer = normalizers.Replace(" ", "\u2581")
     tok.decoder = decoders.Sequence([decoders.Replace("\u2581", " "), decoders.ByteFallback(),
                                      decoders.Fuse()])
-    byte_tokens = [f"<0x{i:02X}>" for i in range(256)]
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials + byte_tokens,
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials,
                                   show_progress=False)
     tok.train_from_iterator(training_text(), trainer)
-    return tok
+    # SentencePiece keeps its 256 byte pieces in the model vocabulary, right after the specials
+    tj = json.loads(tok.to_str())
+    learned = sorted(((i, t) for t, i in tj["model"]["vocab"].items() if t not in specials))
+    vocab = {t: i for i, t in enumerate(specials)}
+    vocab.update({f"<0x{b:02X}>": len(specials) + b for b in range(256)})
+    vocab.update({t: len(vocab) + k for k, (_, t) in enumerate(learned)})
+    tj["model"]["vocab"] = vocab
+    return Tokenizer.from_str(json.dumps(tj))
 
 
 def _config(arch: str, vocab: int) -> Any:
@@ -163,15 +169,45 @@ def read_config(folder: Path) -> dict[str, Any]:
     return json.loads((Path(folder) / "config.json").read_text())
 
 
+def _ggml_gelu_tanh(x):
+    """GELU (tanh form) as ggml's CPU backend computes it: a table indexed by the float16 input,
+    holding float16 outputs, with x <= -10 → 0 and x >= 10 → x."""
+    import torch
+
+    h = x.to(torch.float16).to(torch.float32)
+    y = torch.nn.functional.gelu(h, approximate="tanh").to(torch.float16).to(torch.float32)
+    return torch.where(x <= -10.0, torch.zeros_like(x), torch.where(x >= 10.0, x, y))
+
+
+def _ggml_gelu_module():
+    import torch
+
+    class GgmlGelu(torch.nn.Module):
+        def forward(self, x):
+            return _ggml_gelu_tanh(x)
+
+    return GgmlGelu
+
+
+def _GgmlGelu():
+    return _ggml_gelu_module()()
+
+
 def compare_with_transformers(gguf_path: str | Path, hf_folder: str | Path,
                               prompts: dict[str, str] | None = None,
-                              f32_cache: bool = True) -> dict[str, dict[str, Any]]:
+                              f32_cache: bool = True,
+                              ggml_gelu: bool = False) -> dict[str, dict[str, Any]]:
     """Per-language agreement of llama-cpp-python and transformers on the same prompts.
 
     For each prompt: whether llama.cpp's tokenization equals the HF tokenizer's (with special
     tokens added the way each side's config says), the largest absolute difference of per-position
-    log-probabilities over the whole vocabulary, and the share of positions with the same top-1
-    token. The model runs in float32 on the transformers side.
+    log-probabilities over the whole vocabulary, the same restricted to the prompt's actual next
+    tokens (what likelihood scoring uses), the mean KL divergence (transformers ‖ llama.cpp) and
+    the share of positions with the same top-1 token. transformers runs in float32.
+
+    ``ggml_gelu=True`` makes transformers compute GELU the way llama.cpp's CPU backend does (through
+    a float16 lookup table: input and output rounded to float16), which isolates conversion
+    error from that runtime approximation for GELU models such as Gemma 3.
     """
     import llama_cpp
     import numpy as np
@@ -181,6 +217,10 @@ def compare_with_transformers(gguf_path: str | Path, hf_folder: str | Path,
     prompts = prompts or PROMPTS
     tok = tf.AutoTokenizer.from_pretrained(str(hf_folder))
     model = tf.AutoModelForCausalLM.from_pretrained(str(hf_folder), dtype=torch.float32).eval()
+    if ggml_gelu:
+        for module in model.modules():
+            if hasattr(module, "act_fn") and "gelu" in str(getattr(model.config, "hidden_activation", "")):
+                module.act_fn = _GgmlGelu()
     cache = dict(type_k=0, type_v=0) if f32_cache else {}
     llm = llama_cpp.Llama(model_path=str(gguf_path), n_ctx=512, n_batch=512, logits_all=True,
                           verbose=False, n_threads=2, seed=0, **cache)
@@ -194,10 +234,15 @@ def compare_with_transformers(gguf_path: str | Path, hf_folder: str | Path,
             lc = torch.tensor(np.array(llm.scores[: len(hf_ids)]), dtype=torch.float32)
             with torch.no_grad():
                 ref = model(torch.tensor([hf_ids])).logits[0].float()
-            d = (torch.log_softmax(lc, -1) - torch.log_softmax(ref, -1)).abs().max().item()
+            lp_lc, lp_ref = torch.log_softmax(lc, -1), torch.log_softmax(ref, -1)
+            d = (lp_lc - lp_ref).abs().max().item()
+            nxt = torch.tensor(hf_ids[1:])[:, None]
+            d_next = (lp_lc[:-1].gather(1, nxt) - lp_ref[:-1].gather(1, nxt)).abs().max().item()
+            kld = (lp_ref.exp() * (lp_ref - lp_lc)).sum(-1).mean().item()
             top1 = (lc.argmax(-1) == ref.argmax(-1)).float().mean().item()
             out[lang] = {"tokens_equal": hf_ids == lc_ids, "n_tokens": len(hf_ids),
-                         "max_abs_dlogprob": d, "top1_agreement": top1}
+                         "max_abs_dlogprob": d, "max_abs_dlogprob_next_token": d_next,
+                         "mean_kld": kld, "top1_agreement": top1}
     finally:
         llm.close()
     return out

@@ -45,11 +45,22 @@ class HParam:
 
 
 def u32(key: str, v: int) -> HParam:
-    return HParam(key, int(v), GGUFValueType.UINT32)
+    try:
+        n = int(v)
+    except (TypeError, ValueError, OverflowError):
+        n = -1
+    if n != v or not 0 <= n < 2**32:
+        raise InputError(f"config.json gives {v!r} for {key}, which must be a whole number in "
+                         f"0..{2**32 - 1}; the checkpoint's config is corrupt")
+    return HParam(key, n, GGUFValueType.UINT32)
 
 
 def f32(key: str, v: float) -> HParam:
-    return HParam(key, float(v), GGUFValueType.FLOAT32)
+    try:
+        return HParam(key, float(v), GGUFValueType.FLOAT32)
+    except (TypeError, ValueError) as e:
+        raise InputError(f"config.json gives {v!r} for {key}, which must be a number; the "
+                         f"checkpoint's config is corrupt") from e
 
 
 def permute_rope_rows(w, n_head: int):
@@ -82,6 +93,16 @@ class Config:
             raise InputError(f"config.json of this {self.arch} model has no {keys[0]!r}; the "
                              f"checkpoint's config is incomplete")
         return v
+
+    def count(self, *keys: str, default: int | None = None) -> int:
+        """A size or count (layers, heads, dims): a whole number > 0, else an InputError."""
+        v = self.need(*keys) if default is None else self.get(*keys, default=default)
+        whole = (isinstance(v, int) and not isinstance(v, bool)) or (isinstance(v, float)
+                                                                   and v.is_integer())
+        if not whole or v < 1:
+            raise InputError(f"config.json of this {self.arch} model gives {v!r} for {keys[0]!r}, "
+                             f"which must be a whole number > 0; the checkpoint's config is corrupt")
+        return int(v)
 
     def rope(self, kind: str = "full_attention") -> dict[str, Any]:
         """Rope settings in one form for both config styles (``rope_parameters`` in transformers
@@ -118,13 +139,13 @@ class ArchAdapter:
     def __init__(self, config: dict[str, Any]):
         self.cfg = Config(config, self.gguf_arch)
         c = self.cfg
-        self.n_layer = int(c.need("num_hidden_layers", "n_layer"))
-        self.n_embd = int(c.need("hidden_size", "n_embd"))
-        self.n_ff = int(c.need("intermediate_size", "n_inner"))
-        self.n_head = int(c.need("num_attention_heads", "n_head"))
-        self.n_head_kv = int(c.get("num_key_value_heads", default=self.n_head))
-        self.head_dim = int(c.get("head_dim", default=self.n_embd // self.n_head))
-        self.vocab_size = int(c.need("vocab_size"))
+        self.n_layer = c.count("num_hidden_layers", "n_layer")
+        self.n_embd = c.count("hidden_size", "n_embd")
+        self.n_ff = c.count("intermediate_size", "n_inner")
+        self.n_head = c.count("num_attention_heads", "n_head")
+        self.n_head_kv = c.count("num_key_value_heads", default=self.n_head)
+        self.head_dim = c.count("head_dim", default=self.n_embd // self.n_head)
+        self.vocab_size = c.count("vocab_size")
         self.tied = bool(c.get("tie_word_embeddings", default=self.default_tied))
         if self.n_head % self.n_head_kv:
             raise InputError(f"config.json: num_attention_heads={self.n_head} is not a multiple of "

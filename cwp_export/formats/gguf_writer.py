@@ -222,7 +222,7 @@ class GGUFWriter:
             os.replace(tmp, path)
         except OSError as e:
             _unlink_quietly(tmp)
-            raise _output_error(path, e) from e
+            raise output_error(path, e) from e
         except BaseException:
             _unlink_quietly(tmp)
             raise
@@ -238,7 +238,7 @@ def _unlink_quietly(p: Path) -> None:
         pass
 
 
-def _output_error(path: Path, e: OSError) -> OutputError:
+def output_error(path: Path, e: OSError) -> OutputError:
     if e.errno == errno.ENOSPC:
         return OutputError(f"no space left on the device while writing {path}; free some space or "
                            f"choose another output directory with -o")

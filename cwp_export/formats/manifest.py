@@ -15,7 +15,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from ..errors import OutputError
+from .gguf_writer import output_error
 
 SCHEMA_VERSION = 1
 _PACKAGES = ("cwp-export", "torch", "gguf", "numpy", "safetensors", "transformers", "llama-cpp-python")
@@ -44,7 +44,7 @@ def write_atomic_text(path: Path, text: str) -> None:
             tmp.unlink()
         except OSError:
             pass
-        raise OutputError(f"cannot write {path}: {e.strerror or e}; check the output directory") from e
+        raise output_error(path, e) from e
 
 
 def write_manifest(outdir: Path, files: list[dict[str, Any]], source: dict[str, Any],

@@ -63,6 +63,14 @@ def check_finite(name: str, t: torch.Tensor) -> None:
                          f"and cannot be quantized")
 
 
+def check_f16_range(name: str, t: torch.Tensor) -> None:
+    """F16 tops out at 65504: larger magnitudes would silently become infinities."""
+    big = t.abs() > 65504.0
+    if big.any():
+        raise InputError(f"tensor {name} holds {int(big.sum())} value(s) beyond the F16 range "
+                         f"(|x| > 65504); export it with --quant BF16 or F32 instead")
+
+
 from . import basic  # noqa: E402,F401  (registers F32, F16, BF16, Q8_0)
 
-__all__ = ["QuantType", "check_finite", "get", "names", "register"]
+__all__ = ["QuantType", "check_f16_range", "check_finite", "get", "names", "register"]
