@@ -152,12 +152,15 @@ class ArchAdapter:
                              f"num_key_value_heads={self.n_head_kv}")
 
     default_tied: ClassVar[bool] = False
+    default_context_length: ClassVar[int | None] = None  # used when config.json has none
+    always_head_dims: ClassVar[bool] = False              # write key/value_length even if implied
 
     # -- hyperparameters -------------------------------------------------------------------
     def hparams(self) -> list[HParam]:
         c, a = self.cfg, self.gguf_arch
+        n_ctx = c.get("max_position_embeddings", default=self.default_context_length)
         out = [
-            u32(f"{a}.context_length", c.need("max_position_embeddings")),
+            u32(f"{a}.context_length", n_ctx if n_ctx is not None else c.need("max_position_embeddings")),
             u32(f"{a}.embedding_length", self.n_embd),
             u32(f"{a}.block_count", self.n_layer),
             u32(f"{a}.feed_forward_length", self.n_ff),
@@ -165,7 +168,7 @@ class ArchAdapter:
             u32(f"{a}.attention.head_count_kv", self.n_head_kv),
             f32(f"{a}.attention.layer_norm_rms_epsilon", c.get("rms_norm_eps", default=1e-6)),
         ]
-        if c.get("head_dim") is not None:
+        if self.always_head_dims or c.get("head_dim") is not None:
             out += [u32(f"{a}.attention.key_length", self.head_dim),
                     u32(f"{a}.attention.value_length", self.head_dim)]
         out += self.rope_hparams()

@@ -19,6 +19,8 @@ class Gemma3Adapter(ArchAdapter):
     hf_architectures = ("Gemma3ForCausalLM",)
     gguf_arch = "gemma3"
     default_tied = True
+    default_context_length = 131072
+    always_head_dims = True
     layer_map = {
         "input_layernorm.weight": "attn_norm.weight",
         "self_attn.q_proj.weight": "attn_q.weight",
@@ -60,18 +62,7 @@ class Gemma3Adapter(ArchAdapter):
 
     def hparams(self):
         a, c = self.gguf_arch, self.cfg
-        out = [
-            u32(f"{a}.context_length", c.get("max_position_embeddings", default=131072)),
-            u32(f"{a}.embedding_length", self.n_embd),
-            u32(f"{a}.block_count", self.n_layer),
-            u32(f"{a}.feed_forward_length", self.n_ff),
-            u32(f"{a}.attention.head_count", self.n_head),
-            u32(f"{a}.attention.head_count_kv", self.n_head_kv),
-            f32(f"{a}.attention.layer_norm_rms_epsilon", c.get("rms_norm_eps", default=1e-6)),
-            u32(f"{a}.attention.key_length", self.head_dim),
-            u32(f"{a}.attention.value_length", self.head_dim),
-        ]
-        out += self.rope_hparams()
+        out = super().hparams()
         swa = self.cfg.rope("sliding_attention")
         if swa.get("rope_theta") is not None:
             out.append(f32(f"{a}.rope.freq_base_swa", swa["rope_theta"]))
