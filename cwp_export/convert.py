@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Iterator
 
 from gguf import LlamaFileType
 
@@ -99,8 +99,13 @@ def build_writer(conv: Conversion) -> GGUFWriter:
     return w
 
 
-def _producer(source: ModelSource, t: PlannedTensor) -> Callable[[], bytes]:
-    def produce() -> bytes:
+# Rows encoded per step: bounds the temporaries (masks, float32 copies, output bytes) of a large
+# tensor to a few MiB, so peak memory stays near the source tensor itself.
+CHUNK_ELEMENTS = 1 << 20
+
+
+def _producer(source: ModelSource, t: PlannedTensor) -> Callable[[], Iterator[bytes]]:
+    def produce() -> Iterator[bytes]:
         spec = t.spec
         x = spec.generate() if spec.source is None else source.load(spec.source)
         if spec.transform is not None:
@@ -109,11 +114,14 @@ def _producer(source: ModelSource, t: PlannedTensor) -> Callable[[], bytes]:
             raise AssertionError(f"{spec.name}: transform gave shape {tuple(x.shape)}, "
                                  f"expected {spec.shape}")
         label = spec.name if spec.source is None else f"{spec.source} ({spec.name})"
-        quant.check_finite(label, x)
-        data = t.qtype.encode(x)
-        if t.qtype.name == "F16":
-            quant.check_f16_range(label, x)
-        return data
+        rows = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
+        step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
+        for i in range(0, rows.shape[0], step):
+            chunk = rows[i:i + step]
+            quant.check_finite(label, chunk)
+            if t.qtype.name == "F16":
+                quant.check_f16_range(label, chunk)
+            yield t.qtype.encode(chunk)
 
     return produce
 
@@ -142,5 +150,4 @@ def write(conv: Conversion, path: Path, progress: bool = True) -> tuple[int, str
     finally:
         if bar is not None:
             bar.close()
-        conv.source.close()
 

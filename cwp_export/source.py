@@ -13,7 +13,6 @@ import json
 import os
 import struct
 from dataclasses import dataclass, field
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -26,9 +25,25 @@ _ST_DTYPES = {
 _MAX_HEADER = 100 * 1024 * 1024
 
 
+class _LazyTorchDtypes(dict):
+    """safetensors dtype name → torch dtype, filled on first use (keeps torch out of imports)."""
+
+    def __missing__(self, key: str):
+        import torch
+
+        self.update({"F64": torch.float64, "F32": torch.float32, "F16": torch.float16,
+                     "BF16": torch.bfloat16, "I64": torch.int64, "I32": torch.int32,
+                     "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool})
+        return self[key]
+
+
+_TORCH_DTYPES = _LazyTorchDtypes()
+
+
 @dataclass(frozen=True)
 class TensorRef:
-    """Where one tensor lives: file, dtype, shape, byte range inside the file's data section."""
+    """Where one tensor lives: file, dtype, shape, byte range inside the file's data section
+    (which begins at byte ``data_start`` of the file)."""
 
     name: str
     file: Path
@@ -36,6 +51,7 @@ class TensorRef:
     shape: tuple[int, ...]
     start: int
     end: int
+    data_start: int = 0
 
     @property
     def numel(self) -> int:
@@ -86,7 +102,7 @@ def read_safetensors_header(path: Path) -> dict[str, TensorRef]:
                              f"re-save the checkpoint") from e
         if not isinstance(dtype, str) or dtype not in _ST_DTYPES:
             raise InputError(f"{path}: tensor {name!r} has unsupported dtype {dtype}")
-        ref = TensorRef(name, path, dtype, shape, start, end)
+        ref = TensorRef(name, path, dtype, shape, start, end, 8 + n)
         if end < start or ref.nbytes != ref.numel * _ST_DTYPES[dtype]:
             raise InputError(f"{path}: tensor {name!r} has a byte range that does not match its "
                              f"shape {list(shape)} and dtype {dtype}; the file is corrupt")
@@ -120,23 +136,29 @@ class ModelSource:
     config: dict[str, Any]
     tensors: dict[str, TensorRef] = field(repr=False)
 
-    @cached_property
-    def _open_files(self) -> dict[Path, Any]:
-        return {}
-
     def load(self, name: str):
-        """Load one tensor as a torch tensor (memory-mapped read of just that tensor)."""
-        from safetensors import safe_open
+        """Read one tensor into memory as a torch tensor.
+
+        The tensor's byte range is read with plain file reads, not a memory map: a map kept open
+        would leave every page of the checkpoint resident, so peak memory would grow with the
+        whole model instead of staying near the largest tensor.
+        """
+        import torch
 
         ref = self.tensors[name]
-        handle = self._open_files.get(ref.file)
-        if handle is None:
-            handle = safe_open(str(ref.file), framework="pt")
-            self._open_files[ref.file] = handle
-        return handle.get_tensor(name)
-
-    def close(self) -> None:
-        self._open_files.clear()
+        buf = bytearray(ref.nbytes)
+        try:
+            with open(ref.file, "rb") as f:
+                f.seek(ref.data_start + ref.start)
+                got = f.readinto(buf)
+        except OSError as e:
+            raise InputError(f"cannot read tensor {name!r} from {ref.file}: {e.strerror or e}") from e
+        if got != ref.nbytes:
+            raise InputError(f"{ref.file} is truncated: tensor {name!r} could not be read in full; "
+                             f"re-download or re-save the checkpoint")
+        if ref.nbytes == 0:
+            return torch.empty(ref.shape, dtype=_TORCH_DTYPES[ref.dtype])
+        return torch.frombuffer(buf, dtype=_TORCH_DTYPES[ref.dtype]).reshape(ref.shape)
 
     def file(self, name: str) -> Path | None:
         p = self.path / name

@@ -74,8 +74,6 @@ def test_sharded_checkpoint_indexes_every_tensor(single: Path, sharded: Path) ->
             assert set(f.keys()) == {n for n, s in weight_map.items() if s == shard}
     for name in src.tensors:
         assert torch.equal(src.load(name), one.load(name)), name
-    src.close()
-    one.close()
 
 
 def test_sharded_export_is_identical_to_single_file(single: Path, sharded: Path,

@@ -58,6 +58,11 @@ class KV:
     sub_type: GGUFValueType | None = None
 
 
+# A tensor's data: all its bytes at once, or an iterator of consecutive pieces (so a large tensor
+# never needs to exist twice in memory, once as values and once as encoded bytes).
+Producer = Callable[[], "bytes | memoryview | Iterable[bytes | memoryview]"]
+
+
 @dataclass(frozen=True)
 class TensorEntry:
     """A tensor to write: ``shape`` in PyTorch/numpy order (outermost first)."""
@@ -65,7 +70,7 @@ class TensorEntry:
     name: str
     shape: tuple[int, ...]
     ggml_type: GGMLQuantizationType
-    produce: Callable[[], bytes | memoryview]
+    produce: Producer
 
     @property
     def nbytes(self) -> int:
@@ -154,7 +159,7 @@ class GGUFWriter:
 
     # -- tensors ------------------------------------------------------------------------------
     def add_tensor(self, name: str, shape: Sequence[int], ggml_type: GGMLQuantizationType,
-                   produce: Callable[[], bytes | memoryview]) -> None:
+                   produce: Producer) -> None:
         if name in self._names:
             raise ValueError(f"duplicate tensor name {name!r}")
         if len(name.encode()) >= 64:
@@ -207,13 +212,17 @@ class GGUFWriter:
                 put(head)
                 for t in self._tensors:
                     data = t.produce()
-                    if len(data) != t.nbytes:
-                        raise ValueError(
-                            f"tensor {t.name}: produced {len(data)} bytes, expected {t.nbytes}"
-                        )
-                    put(data)
+                    pieces = [data] if isinstance(data, (bytes, bytearray, memoryview)) else data
+                    n = 0
+                    for piece in pieces:
+                        n += len(piece)
+                        if n > t.nbytes:
+                            break
+                        put(piece)
+                    if n != t.nbytes:
+                        raise ValueError(f"tensor {t.name}: produced {n} bytes, expected {t.nbytes}")
                     put(b"\0" * _pad(t.nbytes, self.alignment))
-                    del data
+                    del data, pieces
                     if progress is not None:
                         progress(t)
                 f.flush()
