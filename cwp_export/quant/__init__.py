@@ -16,11 +16,28 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 from ..errors import InputError
 
 
+# An encoder turns a 2-D float tensor (rows × n_per_row) into GGUF block bytes. ``importance`` is
+# None, one weight per column (shape (n_per_row,): llama.cpp's imatrix semantics) or one weight
+# per element (same shape as the tensor); types without an importance-aware algorithm ignore it.
+Encoder = Callable[[torch.Tensor, "torch.Tensor | None"], bytes]
+
+
 @dataclass(frozen=True)
 class QuantType:
     name: str
     ggml_type: GGMLQuantizationType
-    encode: Callable[[torch.Tensor], bytes]
+    encoder: Encoder
+
+    def encode(self, x: torch.Tensor, importance: torch.Tensor | None = None) -> bytes:
+        """Encode ``x`` (any shape whose last dimension holds whole blocks) row by row."""
+        rows = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+        if importance is not None:
+            if importance.shape == x.shape:
+                importance = importance.reshape(rows.shape)
+            elif tuple(importance.shape) != (rows.shape[1],):
+                raise ValueError(f"importance of shape {tuple(importance.shape)} fits neither a "
+                                 f"column ({rows.shape[1]},) nor the tensor {tuple(x.shape)}")
+        return self.encoder(rows, importance)
 
     @property
     def block_size(self) -> int:

@@ -4,6 +4,9 @@
 * BF16: round-to-nearest-even on the upper 16 bits; NaN keeps a quiet-NaN payload (ggml's rule).
 * Q8_0: blocks of 32 values: ``d = max|x| / 127`` stored as fp16, then ``q = round(x / d)`` with
   round-half-away-from-zero (C ``roundf``), computed in fp32 like ggml's ``quantize_row_q8_0_ref``.
+
+None of these has an importance-aware algorithm in ggml (Q8_0 ignores an imatrix there too), so
+they ignore ``importance``.
 """
 
 from __future__ import annotations
@@ -19,15 +22,15 @@ def _bytes(t: torch.Tensor) -> bytes:
     return t.contiguous().cpu().numpy().tobytes()
 
 
-def encode_f32(x: torch.Tensor) -> bytes:
+def encode_f32(x: torch.Tensor, importance: torch.Tensor | None = None) -> bytes:
     return _bytes(x.to(torch.float32))
 
 
-def encode_f16(x: torch.Tensor) -> bytes:
+def encode_f16(x: torch.Tensor, importance: torch.Tensor | None = None) -> bytes:
     return _bytes(x.to(torch.float16))
 
 
-def encode_bf16(x: torch.Tensor) -> bytes:
+def encode_bf16(x: torch.Tensor, importance: torch.Tensor | None = None) -> bytes:
     if x.dtype == torch.bfloat16:
         return _bytes(x.view(torch.int16))
     bits = x.to(torch.float32).contiguous().view(torch.int32).to(torch.int64) & 0xFFFFFFFF
@@ -44,7 +47,7 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
     return t + torch.where((x - t).abs() >= 0.5, torch.sign(x), torch.zeros_like(x))
 
 
-def encode_q8_0(x: torch.Tensor) -> bytes:
+def encode_q8_0(x: torch.Tensor, importance: torch.Tensor | None = None) -> bytes:
     blocks = x.to(torch.float32).reshape(-1, 32)
     d = blocks.abs().amax(dim=1) / 127.0
     inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
