@@ -17,19 +17,17 @@ import hashlib
 import importlib
 import importlib.util
 import os
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .cache import build_once, cache_dir, marker_text
 from .errors import InputError
 
 PREFIX = "builtin:"
-MARKER = ".complete"
 # Bump when the conversion changes what is written: folders marked with another build are rebuilt.
 BUILD = 2
 
@@ -95,22 +93,13 @@ BUILTIN_MODELS: dict[str, BuiltinModel] = {
 DEFAULT_BUILTIN = "smollm2"
 
 
-def cache_dir() -> Path:
-    """Root of cwp-export's cache: ``$CWP_EXPORT_CACHE`` or ``~/.cache/cwp-export``."""
-    env = os.environ.get("CWP_EXPORT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cwp-export"
-
-
 def is_builtin(spec: str) -> bool:
     """True for ``builtin:<key>`` with a known key (``builtin:smollm2``, ``builtin:gemma3-270m``)."""
     return spec.startswith(PREFIX) and spec[len(PREFIX):] in BUILTIN_MODELS
 
 
 def _is_complete(folder: Path) -> bool:
-    try:
-        return f"build {BUILD}" in (folder / MARKER).read_text().splitlines()
-    except OSError:
-        return False
+    return f"build {BUILD}" in (marker_text(folder) or "").splitlines()
 
 
 def builtin_model_path(key: str = DEFAULT_BUILTIN, progress: bool = True) -> Path:
@@ -122,48 +111,25 @@ def builtin_model_path(key: str = DEFAULT_BUILTIN, progress: bool = True) -> Pat
     if _is_complete(final):
         return final  # fast path: no transformers import
     model = BUILTIN_MODELS[key]
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{key}.tmp-", dir=final.parent))
-    except OSError as e:
-        raise InputError(f"cannot create the model cache in {final.parent}: {e.strerror or e}; "
-                         f"set CWP_EXPORT_CACHE to a writable folder") from e
-    try:
-        gguf_path = model.find_gguf(work)
+
+    def build(out: Path) -> str:
+        gguf_path = model.find_gguf(out.parent)
         if progress:
             print(f"cwp-export: converting {model.description} to a bf16 checkpoint in {final} "
                   f"(one time, about a minute)...", file=sys.stderr, flush=True)
         start = time.monotonic()
-        built = work / "model"
-        _materialize(model, gguf_path, built, progress)
-        # Written last: marks the folder complete. Names the source GGUF by sha256 and the build.
-        (built / MARKER).write_text(f"{_sha256(gguf_path)}  {gguf_path.name}\nbuild {BUILD}\n")
-        _move_into_place(built, final)
+        _materialize(model, gguf_path, out, progress)
         if progress:
-            print(f"cwp-export: {key} ready in {time.monotonic() - start:.0f} s", file=sys.stderr, flush=True)
-        return final
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+            print(f"cwp-export: {key} ready in {time.monotonic() - start:.0f} s", file=sys.stderr,
+                  flush=True)
+        # the marker names the source GGUF by sha256 and the build of this conversion
+        return f"{_sha256(gguf_path)}  {gguf_path.name}\nbuild {BUILD}\n"
 
-
-def _move_into_place(built: Path, final: Path) -> None:
-    """Atomically rename ``built`` to ``final``; if another process won the race, keep theirs."""
-    for _ in range(3):
-        try:
-            os.rename(built, final)  # atomic; fails if ``final`` exists and is not empty
-            return
-        except OSError:
-            if _is_complete(final):
-                return  # a concurrent build finished first; ours is discarded by the caller
-            if not final.exists():
-                raise
-            # An incomplete or older-build folder under the final name: move it aside
-            # first (also atomic), then delete it, so no reader ever sees a mix of both.
-            stale = Path(tempfile.mkdtemp(prefix=f".{final.name}.stale-", dir=final.parent))
-            with contextlib.suppress(FileNotFoundError):  # another process may have moved it already
-                os.rename(final, stale / "old")
-            shutil.rmtree(stale, ignore_errors=True)
-    raise InputError(f"cannot move the built model into {final}; remove that folder and retry")
+    try:
+        return build_once(final, build, _is_complete)
+    except OSError as e:
+        raise InputError(f"cannot build {key} in the model cache {final.parent}: "
+                         f"{e.strerror or e}; set CWP_EXPORT_CACHE to a writable folder") from e
 
 
 def _sha256(path: Path) -> str:

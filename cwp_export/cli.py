@@ -80,7 +80,8 @@ def export_cmd(model: str, quant: str, outdir: str, protect: str, progress: bool
     from .api import export
 
     try:
-        result = export(model, quant=quant, outdir=outdir, protect=protect, progress=progress)
+        result = export(model, quant=quant, outdir=outdir, protect=protect, progress=progress,
+                        argv=["cwp-export", *sys.argv[1:]])
     except CwpError as e:
         _fail(e)
     except KeyboardInterrupt:

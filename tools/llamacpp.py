@@ -28,15 +28,15 @@ from __future__ import annotations
 import argparse
 import importlib.metadata
 import os
-import shutil
 import subprocess
 import sys
 import tarfile
-import tempfile
 from pathlib import Path
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from cwp_export.cache import build_once, cache_dir  # noqa: E402
+
 CONVERTER = "convert_hf_to_gguf.py"
-MARKER = ".complete"
 # What the converter needs from the vendored llama.cpp tree (paths relative to it).
 _NEEDED = (CONVERTER, "conversion/", "gguf-py/", "models/templates/", "LICENSE")
 _VENDOR = "vendor/llama.cpp/"
@@ -58,12 +58,6 @@ def llamacpp_version() -> str:
         raise LlamaCppUnavailable("llama-cpp-python is not installed, so there is no version "
                                   "whose llama.cpp converter to fetch; pip install "
                                   "llama-cpp-python") from e
-
-
-def cache_root() -> Path:
-    """``$CWP_EXPORT_CACHE`` or ``~/.cache/cwp-export`` (same rule as cwp_export.builtin)."""
-    env = os.environ.get("CWP_EXPORT_CACHE")
-    return Path(env).expanduser() if env else Path.home() / ".cache" / "cwp-export"
 
 
 def _check_tree(path: Path) -> Path:
@@ -113,7 +107,7 @@ def llamacpp_source_dir(version: str | None = None) -> Path:
 
     ``$CWP_LLAMACPP_SRC`` wins if set. Otherwise the sdist of ``version`` (default: the installed
     llama-cpp-python) is downloaded with pip and extracted once into
-    ``cache_root()/llama.cpp-src-<version>``; a ``.complete`` marker written last, and an atomic
+    ``cache_dir()/llama.cpp-src-<version>``; a ``.complete`` marker written last, and an atomic
     rename into place, make concurrent callers safe. Raises :class:`LlamaCppUnavailable` with the
     reason when that is impossible (offline, no llama-cpp-python, unwritable cache).
     """
@@ -121,33 +115,22 @@ def llamacpp_source_dir(version: str | None = None) -> Path:
     if env:
         return _check_tree(Path(env).expanduser())
     version = version or llamacpp_version()
-    final = cache_root() / f"llama.cpp-src-{version}"
-    if (final / MARKER).is_file():
-        return final
-    try:
-        final.parent.mkdir(parents=True, exist_ok=True)
-        work = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
-    except OSError as e:
-        raise LlamaCppUnavailable(f"cannot create the cache folder {final.parent}: "
-                                  f"{e.strerror or e}; set CWP_EXPORT_CACHE") from e
-    try:
-        sdist = _download_sdist(version, work / "download")
-        tree = work / "tree"
+    final = cache_dir() / f"llama.cpp-src-{version}"
+
+    def build(tree: Path) -> str:
+        sdist = _download_sdist(version, tree.parent / "download")
         try:
             _extract_converter(sdist, tree)
         except (OSError, tarfile.TarError) as e:
             raise LlamaCppUnavailable(f"cannot extract {sdist.name}: {e}") from e
         _check_tree(tree)
-        (tree / MARKER).write_text(f"llama-cpp-python {version}\n")
-        try:
-            os.rename(tree, final)
-        except OSError:
-            if not (final / MARKER).is_file():  # not a concurrent winner: a stale partial folder
-                shutil.rmtree(final, ignore_errors=True)
-                os.rename(tree, final)
-        return final
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        return f"llama-cpp-python {version}\n"
+
+    try:
+        return build_once(final, build)
+    except OSError as e:
+        raise LlamaCppUnavailable(f"cannot write the cache folder {final.parent}: "
+                                  f"{e.strerror or e}; set CWP_EXPORT_CACHE") from e
 
 
 # Runs inside the converter's process when a pre-tokenizer fallback is requested. It imports the
