@@ -88,29 +88,38 @@ def _spm_style_tokenizer(specials: list[str], vocab_size: int):
     return Tokenizer.from_str(json.dumps(tj))
 
 
-def _config(arch: str, vocab: int) -> Any:
+def _config(arch: str, vocab: int, overrides: dict[str, Any] | None = None) -> Any:
     import transformers as tf
 
     common = dict(vocab_size=vocab, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
                   num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256,
                   rms_norm_eps=1e-5)
+    extra = dict(overrides or {})
+    common.update({k: extra.pop(k) for k in list(extra) if k in common})
     if arch == "llama":
-        return tf.LlamaConfig(**common, tie_word_embeddings=True, bos_token_id=1, eos_token_id=2)
+        return tf.LlamaConfig(**{**common, "tie_word_embeddings": True, "bos_token_id": 1,
+                                 "eos_token_id": 2, **extra})
     if arch == "mistral":
-        return tf.MistralConfig(**common, tie_word_embeddings=False, sliding_window=None,
-                                bos_token_id=1, eos_token_id=2)
+        return tf.MistralConfig(**{**common, "tie_word_embeddings": False,
+                                   "sliding_window": None, "bos_token_id": 1, "eos_token_id": 2,
+                                   **extra})
     if arch == "qwen2":
-        return tf.Qwen2Config(**common, tie_word_embeddings=False, bos_token_id=None,
-                              eos_token_id=0)
+        return tf.Qwen2Config(**{**common, "tie_word_embeddings": False, "bos_token_id": None,
+                                 "eos_token_id": 0, **extra})
     if arch == "qwen3":
-        return tf.Qwen3Config(**common, head_dim=32, tie_word_embeddings=True, eos_token_id=0)
+        return tf.Qwen3Config(**{**common, "head_dim": 32, "tie_word_embeddings": True,
+                                 "eos_token_id": 0, **extra})
     if arch == "gemma3":
-        return tf.Gemma3TextConfig(**{**common, "num_hidden_layers": 3}, head_dim=32,
-                                   query_pre_attn_scalar=32, sliding_window=8,
-                                   layer_types=["sliding_attention", "sliding_attention",
-                                                "full_attention"],
-                                   final_logit_softcapping=None, bos_token_id=2, eos_token_id=1,
-                                   pad_token_id=0)
+        n_layer = common["num_hidden_layers"] if overrides else 3
+        head_dim = extra.get("head_dim", 32)
+        # every third layer attends globally, the others through the sliding window
+        layer_types = ["full_attention" if i % 3 == 2 else "sliding_attention"
+                       for i in range(n_layer)]
+        return tf.Gemma3TextConfig(**{**common, "num_hidden_layers": n_layer, "head_dim": 32,
+                                      "query_pre_attn_scalar": head_dim, "sliding_window": 8,
+                                      "layer_types": layer_types,
+                                      "final_logit_softcapping": None, "bos_token_id": 2,
+                                      "eos_token_id": 1, "pad_token_id": 0, **extra})
     raise ValueError(arch)
 
 
@@ -121,8 +130,14 @@ _CHAT_TEMPLATE = ("{% for m in messages %}<|im_start|>{{ m['role'] }}\n{{ m['con
                   "{% endif %}")
 
 
-def make_tiny_model(arch: str, folder: str | Path, seed: int = 0) -> Path:
-    """Write a tiny random ``arch`` checkpoint with its tokenizer into ``folder``."""
+def make_tiny_model(arch: str, folder: str | Path, seed: int = 0,
+                    config: dict[str, Any] | None = None) -> Path:
+    """Write a tiny random ``arch`` checkpoint with its tokenizer into ``folder``.
+
+    ``config`` overrides entries of the model config (e.g. ``hidden_size``, ``intermediate_size``,
+    ``num_hidden_layers``, ``num_key_value_heads``, ``head_dim``); without it the model is the
+    default tiny one.
+    """
     import torch
     import transformers as tf
 
@@ -148,7 +163,7 @@ def make_tiny_model(arch: str, folder: str | Path, seed: int = 0) -> Path:
                                       pad_token=pad, unk_token=unk)
     fast.chat_template = _CHAT_TEMPLATE
 
-    cfg = _config(arch, vocab)
+    cfg = _config(arch, vocab, config)
     cls = {"llama": tf.LlamaForCausalLM, "mistral": tf.MistralForCausalLM,
            "qwen2": tf.Qwen2ForCausalLM, "qwen3": tf.Qwen3ForCausalLM,
            "gemma3": tf.Gemma3ForCausalLM}[arch]
