@@ -60,14 +60,19 @@ def source_fingerprint(conv: convert.Conversion) -> str:
 
 def export(model: str | os.PathLike, quant: str = "F16", outdir: str | os.PathLike = "cwp-out",
            protect: str | float = 0, progress: bool = True,
+           overrides: dict[str, str] | None = None, imatrix: str | os.PathLike | None = None,
            argv: list[str] | None = None) -> ExportResult:
-    """Convert ``model`` (folder, hub id or ``builtin:smollm2``) and write GGUF + manifest."""
+    """Convert ``model`` (folder, hub id or ``builtin:smollm2``) and write GGUF + manifest.
+
+    ``quant``: F32, F16, BF16 or a llama.cpp preset (Q8_0 ... Q2_K); ``overrides``: GGUF tensor
+    name → type; ``imatrix``: a llama.cpp importance-matrix file.
+    """
     fraction = parse_fraction(protect)
     if fraction != 0:
         raise InputError("critical weight protection is not available yet in this version; use "
                          "--protect 0 for a plain export")
     model = resolve_model(model, progress)
-    conv = convert.plan(model, quant)
+    conv = convert.plan(model, quant, overrides=overrides, imatrix=imatrix)
     out = prepare_outdir(outdir)
     path = convert.output_path(out, conv)
     size, sha = convert.write(conv, path, progress=progress)
@@ -77,6 +82,8 @@ def export(model: str | os.PathLike, quant: str = "F16", outdir: str | os.PathLi
               "architecture": next(a for a in conv.source.config["architectures"]
                                   if a in conv.adapter.hf_architectures),
               "fingerprint": source_fingerprint(conv), "n_params": conv.n_params}
-    options = {"quant": conv.outtype, "protect": fraction}
+    options = {"quant": conv.outtype, "protect": fraction, "overrides": dict(overrides or {}),
+               "imatrix": str(imatrix) if imatrix else None,
+               "tensor_types": {t.spec.name: t.qtype.name for t in conv.tensors}}
     manifest = write_manifest(out, files, source, options, argv if argv is not None else sys.argv)
     return ExportResult(out, files, manifest)

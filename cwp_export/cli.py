@@ -58,9 +58,17 @@ def main() -> None:
 @main.command("export")
 @click.argument("model")
 @click.option("-q", "--quant", default="F16", show_default=True, metavar="TYPE",
-              help="Output type of the weight matrices: F32, F16, BF16 or Q8_0. Norms and other "
-                   "vectors are always F32; Q8_0 falls back to F16 for rows that are not a "
-                   "multiple of 32.")
+              help="F32, F16 or BF16 (every matrix in that type), or a llama.cpp quantization "
+                   "preset: Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, Q4_K_S, Q3_K_M, Q2_K (per-tensor "
+                   "types exactly as llama-quantize chooses them, incl. its fallbacks for rows "
+                   "that are not a multiple of 256). Norms and other vectors are always F32.")
+@click.option("--tensor-type", "tensor_types", multiple=True, metavar="NAME=TYPE",
+              help="Give one tensor another type, by its GGUF name (e.g. "
+                   "blk.0.attn_v.weight=Q8_0). Repeatable.")
+@click.option("--imatrix", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="llama.cpp importance matrix (GGUF from llama-imatrix, or legacy .dat): "
+                   "weights the rounding of each column by its importance, like llama-quantize "
+                   "--imatrix.")
 @click.option("-o", "--outdir", default="cwp-out", show_default=True, metavar="DIR",
               help="Output directory; created if missing. Receives <model-name>-<TYPE>.gguf and "
                    "manifest.json.")
@@ -69,7 +77,8 @@ def main() -> None:
                    "in this version: only 0 (a plain export) is accepted.")
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars on stderr.")
-def export_cmd(model: str, quant: str, outdir: str, protect: str, progress: bool) -> None:
+def export_cmd(model: str, quant: str, tensor_types: tuple[str, ...], imatrix: str | None,
+               outdir: str, protect: str, progress: bool) -> None:
     """Convert MODEL to GGUF.
 
     MODEL is a local checkpoint folder (config.json, *.safetensors, tokenizer files), a Hugging
@@ -78,9 +87,11 @@ def export_cmd(model: str, quant: str, outdir: str, protect: str, progress: bool
     checkpoints are refused and no remote code is run.
     """
     from .api import export
+    from .options import parse_overrides
 
     try:
         result = export(model, quant=quant, outdir=outdir, protect=protect, progress=progress,
+                        overrides=parse_overrides(tensor_types), imatrix=imatrix,
                         argv=["cwp-export", *sys.argv[1:]])
     except CwpError as e:
         _fail(e)

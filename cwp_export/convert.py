@@ -1,7 +1,9 @@
 """Hugging Face checkpoint → GGUF model file (the ``--protect 0`` path).
 
 Sequences the stages: open the source, pick the architecture adapter, build the vocabulary, choose
-a type per tensor, and stream every tensor through its transform and encoder into the writer.
+a type per tensor (a float type for every matrix, or a llama.cpp quantization preset's per-tensor
+mix, with optional tensor-by-tensor overrides), and stream every tensor through its transform and
+encoder (with an optional per-column importance from an imatrix) into the writer.
 """
 
 from __future__ import annotations
@@ -11,9 +13,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Iterator
 
+import numpy as np
+import torch
 from gguf import LlamaFileType
 
 from . import __version__, quant
+from .formats.imatrix import load_imatrix
+from .quant import presets
 from .arch import adapter_for
 from .arch.base import ArchAdapter, TensorSpec
 from .errors import InputError
@@ -21,20 +27,25 @@ from .formats.gguf_writer import GGUFWriter
 from .source import ModelSource, open_source
 from .tokenizer import Vocab, load_vocab
 
-# Output types for the plain conversion, and the file type each one announces.
-FILE_TYPES = {
+# Float output types (every matrix in that type), and the file type each announces; the
+# quantized outputs are llama.cpp's presets (quant.presets.PRESETS).
+FLOAT_TYPES = {
     "F32": LlamaFileType.ALL_F32,
     "F16": LlamaFileType.MOSTLY_F16,
     "BF16": LlamaFileType.MOSTLY_BF16,
-    "Q8_0": LlamaFileType.MOSTLY_Q8_0,
 }
 GGML_QUANT_VERSION = 2
+
+
+def output_types() -> list[str]:
+    return [*FLOAT_TYPES, *presets.PRESETS]
 
 
 @dataclass(frozen=True)
 class PlannedTensor:
     spec: TensorSpec
     qtype: quant.QuantType
+    importance: np.ndarray | None = None  # per column (imatrix), or None
 
 
 @dataclass
@@ -69,17 +80,41 @@ def choose_type(spec: TensorSpec, outtype: str) -> quant.QuantType:
     return qt
 
 
-def plan(model: str | os.PathLike, outtype: str = "F16") -> Conversion:
+def plan(model: str | os.PathLike, outtype: str = "F16", *,
+         overrides: dict[str, str] | None = None,
+         imatrix: str | os.PathLike | None = None) -> Conversion:
+    """Decide everything about the output file without writing it.
+
+    ``outtype`` is F32, F16, BF16 or a preset (Q8_0, Q6_K, Q5_K_M, ... Q2_K); ``overrides`` maps
+    GGUF tensor names to types; ``imatrix`` is a llama.cpp importance-matrix file whose
+    per-column importances weight the rounding of the tensors it covers.
+    """
     outtype = outtype.upper()
-    if outtype not in FILE_TYPES:
-        raise InputError(f"output type {outtype!r} is not supported by the plain conversion; "
-                         f"choose one of {', '.join(FILE_TYPES)}")
+    if outtype not in output_types():
+        raise InputError(f"output type {outtype!r} is not supported; choose one of "
+                         f"{', '.join(output_types())}")
     source = open_source(model)
     adapter = adapter_for(source.config)
     specs = adapter.tensor_specs({n: r.shape for n, r in source.tensors.items()})
     vocab = load_vocab(source.path, adapter.n_vocab_rows(), source.config)
-    tensors = [PlannedTensor(s, choose_type(s, outtype)) for s in specs]
+    infos = [presets.TensorInfo(s.name, s.shape) for s in specs]
+    if outtype in FLOAT_TYPES:
+        types = {s.name: choose_type(s, outtype).name for s in specs}
+    else:
+        types = presets.plan_types(outtype, infos, arch=adapter.gguf_arch, n_layer=adapter.n_layer,
+                                   n_head=adapter.n_head, n_head_kv=adapter.n_head_kv)
+    for s in specs:  # generated tensors (rope factors) are data, not weights
+        if s.source is None:
+            types[s.name] = "F32"
+    if overrides:
+        types = presets.apply_overrides(types, overrides, tensors=infos)
+    importance = load_imatrix(imatrix, {s.name: s.shape for s in specs}) if imatrix else {}
+    tensors = [PlannedTensor(s, quant.get(types[s.name]), importance.get(s.name)) for s in specs]
     return Conversion(source, adapter, vocab, outtype, tensors)
+
+
+def file_type(outtype: str) -> int:
+    return int(FLOAT_TYPES[outtype]) if outtype in FLOAT_TYPES else presets.file_type(outtype)
 
 
 def build_writer(conv: Conversion) -> GGUFWriter:
@@ -88,7 +123,7 @@ def build_writer(conv: Conversion) -> GGUFWriter:
     w.add_string("general.type", "model")
     w.add_string("general.name", conv.source.name)
     w.add_u32("general.quantization_version", GGML_QUANT_VERSION)
-    w.add_u32("general.file_type", int(FILE_TYPES[conv.outtype]))
+    w.add_u32("general.file_type", file_type(conv.outtype))
     w.add_string("general.quantized_by", f"cwp-export {__version__}")
     for hp in conv.adapter.hparams():
         w.add(hp.key, hp.value, hp.vtype, hp.sub_type)
@@ -114,6 +149,7 @@ def _producer(source: ModelSource, t: PlannedTensor) -> Callable[[], Iterator[by
             raise AssertionError(f"{spec.name}: transform gave shape {tuple(x.shape)}, "
                                  f"expected {spec.shape}")
         label = spec.name if spec.source is None else f"{spec.source} ({spec.name})"
+        importance = None if t.importance is None else torch.from_numpy(t.importance)
         rows = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
         step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
         for i in range(0, rows.shape[0], step):
@@ -121,7 +157,7 @@ def _producer(source: ModelSource, t: PlannedTensor) -> Callable[[], Iterator[by
             quant.check_finite(label, chunk)
             if t.qtype.name == "F16":
                 quant.check_f16_range(label, chunk)
-            yield t.qtype.encode(chunk)
+            yield t.qtype.encode(chunk, importance)
 
     return produce
 

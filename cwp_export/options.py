@@ -19,3 +19,17 @@ def parse_fraction(text: str | float, option: str = "--protect") -> float:
         raise InputError(f"{option} {raw!r} is outside 0%..100%; write a percentage like 1% or a "
                          f"fraction like 0.01")
     return value
+
+
+def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
+    """``["blk.0.attn_v.weight=Q8_0", ...]`` → ``{"blk.0.attn_v.weight": "Q8_0"}``."""
+    out: dict[str, str] = {}
+    for item in items:
+        name, sep, qtype = str(item).partition("=")
+        if not sep or not name.strip() or not qtype.strip():
+            raise InputError(f"--tensor-type {item!r} is not NAME=TYPE; write e.g. "
+                             f"blk.0.attn_v.weight=Q8_0")
+        if name.strip() in out:
+            raise InputError(f"--tensor-type gives {name.strip()} twice; give each tensor once")
+        out[name.strip()] = qtype.strip().upper()
+    return out

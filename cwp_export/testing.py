@@ -261,3 +261,76 @@ def compare_with_transformers(gguf_path: str | Path, hf_folder: str | Path,
     finally:
         llm.close()
     return out
+
+
+def ntrex_text(shared_data: Path, lang: str = "eng", lines: int = 200, holdout: bool = True) -> str:
+    """Lines of the NTREX news text in ``shared_data/ntrex_general_text`` (a shared benchmark file,
+    never shipped with the project): by default from the held-out documents (index mod 10 in
+    {0, 3, 7}), which calibration never uses."""
+    folder = Path(shared_data) / "ntrex_general_text"
+    name = "newstest2019-src.eng.txt" if lang == "eng" else f"newstest2019-ref.{lang}.txt"
+    text = (folder / name).read_text(encoding="utf-8").splitlines()
+    docs = (folder / "DOCUMENT_IDS.tsv").read_text(encoding="utf-8").splitlines()
+    order: dict[str, int] = {}
+    for d in docs:
+        order.setdefault(d.strip(), len(order))
+    keep = [t.strip() for t, d in zip(text, docs)
+            if t.strip() and (order[d.strip()] % 10 in (0, 3, 7)) == holdout]
+    return "\n".join(keep[:lines])
+
+
+def kl_divergence(reference: str | Path, candidate: str | Path, text: str, n_ctx: int = 256,
+                  max_chunks: int = 8, lora: str | Path | None = None) -> dict[str, float]:
+    """Mean KL(reference ‖ candidate) per token over chunks of ``text``, through llama-cpp-python
+    (F32 KV cache), the way llama-perplexity --kl-divergence scores a quantized model: both models
+    see the same token chunks; the second half of each chunk is scored."""
+    import llama_cpp
+    import numpy as np
+    import torch
+
+    def logits(path, ids_chunks, lora_path=None):
+        kw = dict(lora_path=str(lora_path)) if lora_path else {}
+        llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
+                              verbose=False, n_threads=2, type_k=0, type_v=0, **kw)
+        try:
+            out = []
+            for ids in ids_chunks:
+                llm.reset()
+                llm.eval(ids)
+                out.append(torch.tensor(np.array(llm.scores[n_ctx // 2: len(ids)]),
+                                        dtype=torch.float32))
+            return out
+        finally:
+            llm.close()
+
+    tok = llama_cpp.Llama(model_path=str(reference), vocab_only=True, verbose=False)
+    ids = tok.tokenize(text.encode("utf-8"), add_bos=False, special=False)
+    tok.close()
+    chunks = [ids[i:i + n_ctx] for i in range(0, len(ids) - n_ctx + 1, n_ctx)][:max_chunks]
+    if not chunks:
+        raise ValueError(f"text too short: {len(ids)} tokens for one chunk of {n_ctx}")
+    ref, cand = logits(reference, chunks), logits(candidate, chunks, lora)
+    kls, same_top = [], []
+    for r, c in zip(ref, cand):
+        lr, lc = torch.log_softmax(r, -1), torch.log_softmax(c, -1)
+        kls.append((lr.exp() * (lr - lc)).sum(-1))
+        same_top.append((r.argmax(-1) == c.argmax(-1)).float())
+    kl = torch.cat(kls)
+    return {"mean_kld": kl.mean().item(), "max_kld": kl.max().item(),
+            "same_top1": torch.cat(same_top).mean().item(), "n_tokens": int(kl.numel())}
+
+
+def llamacpp_quantize(src: str | Path, dst: str | Path, preset: str, nthread: int = 2) -> Path:
+    """Quantize a GGUF with llama.cpp's own quantizer (``llama_model_quantize``): the reference
+    our presets and encoders are compared against."""
+    import ctypes
+
+    import llama_cpp
+
+    params = llama_cpp.llama_model_quantize_default_params()
+    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{preset}")
+    params.nthread = nthread
+    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
+    if rc != 0:
+        raise RuntimeError(f"llama.cpp failed to quantize {src} to {preset} (rc={rc})")
+    return Path(dst)

@@ -37,3 +37,9 @@ def converted(tmp_path_factory, tiny_models):
         return cache[arch, q]
 
     return get
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The shared benchmark files (../shared/data beside the repository); never copied in."""
+    return SHARED_DATA

@@ -26,7 +26,7 @@ from click.testing import CliRunner
 import cwp_export
 from cwp_export.arch import supported_architectures
 from cwp_export.cli import export_cmd, main
-from cwp_export.convert import FILE_TYPES
+from cwp_export.convert import output_types
 from cwp_export.errors import InputError
 from cwp_export.formats.gguf_writer import GGUFWriter
 from cwp_export.testing import make_tiny_model
@@ -265,7 +265,8 @@ def test_nonsense_config_values(key: str, value, how: str, model: Path, out: Pat
 
 def test_unknown_quant_lists_supported(model: Path, out: Path) -> None:
     proc = run_cli(model, "--quant", "Q4_K", "-o", out, "--no-progress", cwd=model.parent)
-    assert_refused(proc, out, "Q4_K", *FILE_TYPES, code=2)
+    # Q4_K is a block type, not a preset: the presets are Q4_K_M / Q4_K_S
+    assert_refused(proc, out, "'Q4_K'", *output_types(), code=2)
 
 
 @pytest.mark.parametrize("value,needle,how", [("1%", "not available", SUB),
@@ -553,10 +554,14 @@ def test_export_writes_model_and_true_manifest_and_reruns_identically(model: Pat
     assert entry["size"] == gguf.stat().st_size
     assert entry["sha256"] == sha256(gguf)
     assert doc["source"]["architecture"] == "LlamaForCausalLM"
-    assert doc["options"] == {"quant": "F16", "protect": 0}
-    assert doc["versions"]["cwp-export"] == cwp_export.__version__
-
+    opts = doc["options"]
+    assert {k: opts[k] for k in ("quant", "protect", "overrides", "imatrix")} == \
+        {"quant": "F16", "protect": 0, "overrides": {}, "imatrix": None}
     from gguf import GGUFReader
+
+    types = {t.name: t.tensor_type.name for t in GGUFReader(gguf).tensors}
+    assert opts["tensor_types"] == types
+    assert doc["versions"]["cwp-export"] == cwp_export.__version__
 
     arch = GGUFReader(gguf).fields["general.architecture"]
     assert bytes(arch.parts[arch.data[0]]).decode() == "llama"

@@ -31,6 +31,9 @@ class QuantType:
     def encode(self, x: torch.Tensor, importance: torch.Tensor | None = None) -> bytes:
         """Encode ``x`` (any shape whose last dimension holds whole blocks) row by row."""
         rows = x.reshape(-1, x.shape[-1]) if x.ndim != 2 else x
+        if rows.shape[1] % self.block_size:
+            raise ValueError(f"rows of {rows.shape[1]} values do not hold whole {self.name} "
+                             f"blocks of {self.block_size}; use a type whose block divides the row")
         if importance is not None:
             if importance.shape == x.shape:
                 importance = importance.reshape(rows.shape)
@@ -89,5 +92,7 @@ def check_f16_range(name: str, t: torch.Tensor) -> None:
 
 
 from . import basic  # noqa: E402,F401  (registers F32, F16, BF16, Q8_0)
+from . import symmetric  # noqa: E402,F401  (registers Q4_0, Q5_0, Q3_K, Q6_K, IQ4_NL)
+from . import affine  # noqa: E402,F401  (registers Q4_1, Q5_1, Q2_K, Q4_K, Q5_K)
 
 __all__ = ["QuantType", "check_f16_range", "check_finite", "get", "names", "register"]

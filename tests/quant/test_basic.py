@@ -68,3 +68,13 @@ def test_non_finite_refused_with_tensor_name():
 def test_sizes():
     assert len(quant.get("Q8_0").encode(torch.ones(3, 64))) == 3 * 2 * 34
     assert np.frombuffer(quant.get("F32").encode(torch.ones(5)), dtype=np.float32).tolist() == [1.0] * 5
+
+
+def test_rows_must_hold_whole_blocks():
+    with pytest.raises(ValueError, match="rows of 48 values do not hold whole Q8_0 blocks of 32"):
+        quant.get("Q8_0").encode(torch.ones(2, 48))
+
+
+def test_importance_shape_is_checked():
+    with pytest.raises(ValueError, match="fits neither a column"):
+        quant.get("Q8_0").encode(torch.ones(2, 64), torch.ones(3))

@@ -7,13 +7,13 @@ Each model is exported to F16 by cwp-export, quantized with llama.cpp (llama-cpp
 
 from __future__ import annotations
 
-import ctypes
 from pathlib import Path
 
 import pytest
 from gguf import GGUFReader, LlamaFileType
 
 from cwp_export.errors import InputError
+from cwp_export.testing import llamacpp_quantize
 from cwp_export.quant.presets import (
     FILE_TYPES,
     PRESETS,
@@ -38,16 +38,6 @@ TINY = {
 }
 
 
-def _quantize(src: Path, dst: Path, preset: str) -> None:
-    import llama_cpp
-
-    params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{preset}")
-    params.nthread = 2
-    rc = llama_cpp.llama_model_quantize(str(src).encode(), str(dst).encode(), ctypes.byref(params))
-    assert rc == 0, f"llama.cpp failed to quantize {src} to {preset}"
-
-
 def _compare(folder: Path, tmp: Path) -> dict[str, list[str]]:
     """Export ``folder`` to F16, quantize it with llama.cpp for every preset and return, per
     preset, the tensors whose type differs from our plan (with both types)."""
@@ -61,7 +51,7 @@ def _compare(folder: Path, tmp: Path) -> dict[str, list[str]]:
     diffs: dict[str, list[str]] = {}
     for preset in PRESETS:
         out = tmp / f"{preset}.gguf"
-        _quantize(f16, out, preset)
+        llamacpp_quantize(f16, out, preset)
         reader = GGUFReader(out)
         theirs = {t.name: t.tensor_type.name for t in reader.tensors}
         ft = reader.fields["general.file_type"]

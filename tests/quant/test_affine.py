@@ -1,0 +1,171 @@
+"""Affine encoders (Q4_1, Q5_1, Q2_K, Q4_K, Q5_K) against ggml's own quantizer.
+
+Q4_1 and Q5_1 must be byte-identical. The K-types must have ≥ 99.9 % of their 256-value
+super-blocks byte-identical and an importance-weighted squared error within 0.1 % of ggml's (in
+practice they are byte-identical too). Run with ``pytest -s`` to see the identical-block shares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES
+from gguf.quants import dequantize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cwp_export import quant
+from cwp_export.ggml_ref import quantize as ggml_quantize
+
+LEGACY = ["Q4_1", "Q5_1"]
+K_TYPES = ["Q2_K", "Q4_K", "Q5_K"]
+
+
+def _tensors(legacy: bool):
+    g = torch.Generator().manual_seed(1)
+    yield "normal", torch.randn(48, 256, generator=g)
+    yield "heavy-tailed", torch.randn(8, 1536, generator=g) ** 3 * 10
+    yield "tiny", torch.randn(8, 256, generator=g) * 1e-30
+    yield "huge", torch.randn(8, 256, generator=g) * 1e30
+    yield "zeros", torch.zeros(4, 256)
+    yield "constant", torch.full((4, 256), -3.25)
+    yield "all-positive", torch.rand(16, 256, generator=g) + 0.5
+    yield "sparse", torch.randn(8, 256, generator=g) * (torch.rand(8, 256, generator=g) < 0.1)
+    if legacy:
+        yield "rows-of-96", torch.randn(8, 96, generator=g)
+        zeros = [0.0, -0.0, 1.0, 2.0] * 8 + [-0.0, 0.0, -1.0, -2.0] * 8
+        yield "signed-zeros", torch.tensor(zeros)[None]
+
+
+def _importance(x: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(x.shape[1], generator=g) * 10 + 0.01
+
+
+def _weighted_error(x: np.ndarray, blob: bytes, qtype, w: np.ndarray | None) -> float:
+    rows = x.shape[0]
+    with np.errstate(all="ignore"):
+        deq = dequantize(np.frombuffer(blob, np.uint8).reshape(rows, -1), qtype).astype(np.float64)
+        err = (x.astype(np.float64) - deq) ** 2
+        if w is not None:
+            err = err * np.broadcast_to(w.astype(np.float64), x.shape)
+        return float(err.sum())
+
+
+def compare(name: str, x: torch.Tensor, importance: torch.Tensor | None) -> tuple[int, int]:
+    """Asserts the type's parity criterion; returns (identical blocks, blocks)."""
+    qt = quant.get(name)
+    ours = qt.encode(x, importance)
+    ref = ggml_quantize(x.numpy(), qt.ggml_type, None if importance is None else importance.numpy())
+    assert len(ours) == len(ref)
+    size = GGML_QUANT_SIZES[qt.ggml_type][1]  # bytes per block (32 values) / super-block (256)
+    a = np.frombuffer(ours, np.uint8).reshape(-1, size)
+    b = np.frombuffer(ref, np.uint8).reshape(-1, size)
+    same = int((a == b).all(1).sum())
+    if name in LEGACY:
+        assert ours == ref, f"{name}: {len(a) - same} of {len(a)} blocks differ from ggml"
+    elif ours != ref:
+        assert same >= 0.999 * len(a), f"{name}: only {same}/{len(a)} super-blocks identical"
+        w = None if importance is None else importance.numpy()
+        e_ours = _weighted_error(x.numpy(), ours, qt.ggml_type, w)
+        e_ref = _weighted_error(x.numpy(), ref, qt.ggml_type, w)
+        assert e_ours == e_ref or abs(e_ours - e_ref) <= 1e-3 * abs(e_ref), (e_ours, e_ref)
+    return same, len(a)
+
+
+@pytest.mark.parametrize("with_importance", [False, True], ids=["no-importance", "per-column"])
+@pytest.mark.parametrize("name", LEGACY + K_TYPES)
+def test_matches_ggml(name, with_importance):
+    same = total = 0
+    for seed, (label, x) in enumerate(_tensors(name in LEGACY)):
+        if x.shape[1] % quant.get(name).block_size:
+            continue
+        imp = _importance(x, seed) if with_importance else None
+        s, t = compare(name, x, imp)
+        same, total = same + s, total + t
+    kind = "per-column importance" if with_importance else "no importance"
+    print(f"\n{name} ({kind}): {same}/{total} = {same / total:.2%} blocks byte-identical to ggml")
+
+
+@pytest.mark.parametrize("name", LEGACY + K_TYPES)
+def test_per_element_importance(name):
+    """1 % of the elements weighted 1000×: their error drops, the tensor's total barely moves."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(32, 512, generator=g)
+    chosen = torch.rand(x.shape, generator=g) < 0.01
+    importance = torch.where(chosen, 1000.0, 1.0)
+    qt = quant.get(name)
+
+    def errors(blob: bytes) -> tuple[float, float]:
+        deq = torch.from_numpy(dequantize(np.frombuffer(blob, np.uint8).reshape(x.shape[0], -1),
+                                          qt.ggml_type).copy())
+        se = (x - deq).double() ** 2
+        return float(se[chosen].sum()), float(se.sum())
+
+    base_chosen, base_total = errors(qt.encode(x))
+    w_chosen, w_total = errors(qt.encode(x, importance))
+    print(f"\n{name}: chosen-element error ×{w_chosen / base_chosen:.3f}, "
+          f"total error ×{w_total / base_total:.3f} vs no importance")
+    assert w_chosen < 0.3 * base_chosen
+    assert w_total < 1.3 * base_total
+
+
+def test_importance_shapes():
+    x = torch.randn(4, 256)
+    qt = quant.get("Q4_K")
+    col = torch.rand(256) + 0.1
+    assert qt.encode(x, col) == qt.encode(x, col.expand(4, 256).clone())
+    assert len(qt.encode(x.reshape(2, 2, 256))) == 4 * 144
+    with pytest.raises(ValueError, match="importance of shape"):
+        qt.encode(x, torch.ones(3))
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(LEGACY),
+       st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=32, max_size=32),
+       st.integers(1, 3),
+       st.one_of(st.none(),
+                 st.lists(st.floats(0.0009765625, 1024.0, width=32), min_size=32, max_size=32)))
+def test_legacy_property(name, values, reps, imp):
+    x = torch.tensor(values * reps, dtype=torch.float32).reshape(1, 32 * reps)
+    importance = None if imp is None else torch.tensor(imp * reps, dtype=torch.float32)
+    qt = quant.get(name)
+    imatrix = None if importance is None else importance.numpy()
+    assert qt.encode(x, importance) == ggml_quantize(x.numpy(), qt.ggml_type, imatrix)
+
+
+def _smollm2_matrices():
+    from safetensors import safe_open
+
+    from cwp_export.builtin import builtin_model_path
+
+    path = builtin_model_path("smollm2") / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
+            t = f.get_tensor(key)
+            if t.ndim == 2:
+                yield key, t.to(torch.float32)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_importance", [False, True], ids=["no-importance", "per-column"])
+def test_smollm2_every_matrix(with_importance):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared CPUs: one thread is faster than contended OpenMP teams
+    try:
+        counts = {name: [0, 0] for name in LEGACY + K_TYPES}
+        for i, (key, x) in enumerate(_smollm2_matrices()):
+            imp = _importance(x, i) if with_importance else None
+            for name, count in counts.items():
+                if x.shape[1] % (256 if name in K_TYPES else 32):
+                    continue
+                s, t = compare(name, x, imp)
+                count[0] += s
+                count[1] += t
+    finally:
+        torch.set_num_threads(threads)
+    kind = "per-column importance" if with_importance else "no importance"
+    for name, (s, t) in counts.items():
+        print(f"\nSmolLM2 {name} ({kind}): {s}/{t} = {s / max(t, 1):.2%} blocks identical")
+        assert t > 0

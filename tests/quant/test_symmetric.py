@@ -1,0 +1,233 @@
+"""Symmetric encoders (Q4_0, Q5_0, Q3_K, Q6_K, IQ4_NL) against ggml's own quantizer.
+
+Q4_0 and Q5_0 must be byte-identical to ``ggml_quantize_chunk``. Q3_K, Q6_K and IQ4_NL must have
+≥ 99.9 % of their blocks (256-value super-blocks for the K-types) byte-identical and an
+importance-weighted squared error within 0.1 % of ggml's; in practice they are byte-identical too.
+Run with ``pytest -s`` to see the identical-block shares.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from gguf import GGML_QUANT_SIZES
+from gguf.quants import dequantize
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from cwp_export import quant
+from cwp_export.ggml_ref import quantize as ggml_quantize
+from cwp_export.quant import symmetric
+
+EXACT = ["Q4_0", "Q5_0"]
+NEAR = ["Q3_K", "Q6_K", "IQ4_NL"]
+
+
+def _tensors():
+    g = torch.Generator().manual_seed(3)
+    yield "normal", torch.randn(32, 1536, generator=g)
+    yield "heavy-tailed", torch.randn(16, 512, generator=g) ** 3 * 10
+    yield "ratio-of-normals", torch.randn(8, 256, generator=g) / torch.randn(8, 256, generator=g)
+    yield "tiny", torch.randn(8, 256, generator=g) * 1e-30
+    yield "huge", torch.randn(8, 256, generator=g) * 1e30
+    yield "zeros", torch.zeros(4, 256)
+    yield "constant", torch.full((4, 256), -3.25)
+    yield "all-positive", torch.rand(8, 256, generator=g) + 0.5
+    yield "sparse", torch.randn(8, 256, generator=g) * (torch.rand(8, 256, generator=g) < 0.1)
+    scales = 10.0 ** torch.randint(-38, 30, (16, 1), generator=g)  # magnitudes row by row
+    yield "row-magnitudes", torch.randn(16, 256, generator=g) * scales
+    zero_blocks = torch.randn(8, 512, generator=g)
+    zero_blocks[:, :48] = 0  # all-zero sub-blocks / blocks next to live ones
+    zero_blocks[2] = 0
+    yield "zero-blocks", zero_blocks
+    yield "rows-of-96", torch.randn(8, 96, generator=g)  # legacy block sizes only
+    yield "rows-of-576", torch.randn(8, 576, generator=g)
+    yield "halves", (torch.arange(-64, 64, dtype=torch.float32) + 0.5).reshape(2, 64)
+
+
+def _importance(x: torch.Tensor, seed: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    return torch.rand(x.shape[1], generator=g) ** 3 * 10 + 0.001
+
+
+def _weighted_error(x: np.ndarray, blob: bytes, qtype, w: np.ndarray | None) -> float:
+    with np.errstate(all="ignore"):
+        deq = dequantize(np.frombuffer(blob, np.uint8).reshape(x.shape[0], -1), qtype)
+        err = (x.astype(np.float64) - deq.astype(np.float64)) ** 2
+        if w is not None:
+            err = err * np.broadcast_to(w.astype(np.float64), x.shape)
+        return float(err.sum())
+
+
+def compare(name: str, x: torch.Tensor, importance: torch.Tensor | None) -> tuple[int, int]:
+    """Asserts the type's parity criterion; returns (identical blocks, blocks)."""
+    qt = quant.get(name)
+    ours = qt.encode(x, importance)
+    ref = ggml_quantize(x.numpy(), qt.ggml_type, None if importance is None else importance.numpy())
+    assert len(ours) == len(ref)
+    size = GGML_QUANT_SIZES[qt.ggml_type][1]
+    a = np.frombuffer(ours, np.uint8).reshape(-1, size)
+    b = np.frombuffer(ref, np.uint8).reshape(-1, size)
+    same = int((a == b).all(1).sum())
+    if name in EXACT:
+        assert ours == ref, f"{name}: {len(a) - same} of {len(a)} blocks differ from ggml"
+    elif ours != ref:
+        assert same >= 0.999 * len(a), f"{name}: only {same}/{len(a)} blocks identical"
+        w = None if importance is None else importance.numpy()
+        e_ours = _weighted_error(x.numpy(), ours, qt.ggml_type, w)
+        e_ref = _weighted_error(x.numpy(), ref, qt.ggml_type, w)
+        if np.isfinite(e_ref):  # scales overflowing fp16 (|x| ~ 1e30) dequantize to inf/NaN
+            assert abs(e_ours - e_ref) <= 1e-3 * e_ref, (name, e_ours, e_ref)
+    return same, len(a)
+
+
+@pytest.mark.parametrize("with_importance", [False, True], ids=["no-importance", "per-column"])
+@pytest.mark.parametrize("name", EXACT + NEAR)
+def test_matches_ggml(name, with_importance):
+    block = quant.get(name).block_size
+    same = total = 0
+    for seed, (label, x) in enumerate(_tensors()):
+        if x.shape[1] % block:
+            continue
+        s, t = compare(name, x, _importance(x, seed) if with_importance else None)
+        same, total = same + s, total + t
+    kind = "per-column importance" if with_importance else "no importance"
+    print(f"\n{name} ({kind}): {same}/{total} = {same / total:.2%} blocks byte-identical to ggml")
+
+
+@pytest.mark.parametrize("name", EXACT + NEAR)
+def test_per_element_importance(name):
+    """1 % of the elements weighted 1000×: their error drops, the tensor's total barely moves."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(32, 512, generator=g)
+    chosen = torch.rand(x.shape, generator=g) < 0.01
+    importance = torch.where(chosen, 1000.0, 1.0)
+    qt = quant.get(name)
+
+    def errors(blob: bytes) -> tuple[float, float]:
+        deq = torch.from_numpy(dequantize(np.frombuffer(blob, np.uint8).reshape(x.shape[0], -1),
+                                          qt.ggml_type).copy())
+        se = (x - deq).double() ** 2
+        return float(se[chosen].sum()), float(se.sum())
+
+    base_chosen, base_total = errors(qt.encode(x))
+    w_chosen, w_total = errors(qt.encode(x, importance))
+    print(f"\n{name}: chosen-element error ×{w_chosen / base_chosen:.3f}, "
+          f"total error ×{w_total / base_total:.3f} vs no importance")
+    assert w_chosen < 0.3 * base_chosen
+    assert w_total < 1.3 * base_total
+
+
+@pytest.mark.parametrize("name", EXACT + NEAR)
+def test_importance_shapes_and_sizes(name):
+    qt = quant.get(name)
+    x = torch.randn(4, 512)
+    col = torch.rand(512) + 0.1
+    assert qt.encode(x, col) == qt.encode(x, col.expand(4, 512).clone())
+    assert len(qt.encode(x.reshape(2, 2, 512))) == 4 * 512 // qt.block_size * qt.type_size
+    assert qt.encode(x.to(torch.bfloat16)) == qt.encode(x.to(torch.bfloat16).float())
+
+
+def test_chunked_rows_match_whole(monkeypatch):
+    """Row chunking (for memory) must not change a byte, with per-element importance too."""
+    x = torch.randn(24, 512)
+    imp = torch.rand(24, 512) + 0.1
+    whole = {n: quant.get(n).encode(x, imp) for n in EXACT + NEAR}
+    monkeypatch.setattr(symmetric, "_CHUNK_CPU", 1000)  # one or two rows per chunk
+    for n in EXACT + NEAR:
+        assert quant.get(n).encode(x, imp) == whole[n], n
+
+
+def test_nearest_int_is_ggmls_magic_number_trick():
+    v = torch.tensor([0.5, 1.5, 2.5, -0.5, -2.5, 3.4999998, 4194303.0, 4194304.5, 6e6, -1e7,
+                      float("nan")])
+    ref = []
+    for f in v.numpy():  # the C: float val = f + 12582912.f; (bits & 0x7fffff) - 0x400000
+        bits = (np.float32(f) + np.float32(12582912.0)).view(np.int32)
+        ref.append(0 if np.isnan(f) else int((bits & 0x007FFFFF) - 0x00400000))
+    assert symmetric.nearest_int(v).tolist() == ref
+    assert ref[:5] == [0, 2, 2, 0, -2]  # halves go to even, unlike roundf
+
+
+def test_iq4nl_thresholds_reproduce_best_index():
+    values = np.array(symmetric.KVALUES_IQ4NL, dtype=np.float32)
+
+    def best_index(x: np.float32) -> int:  # ggml's best_index_int8, transcribed for the test
+        if x <= values[0]:
+            return 0
+        if x >= values[-1]:
+            return 15
+        mu = int(np.searchsorted(values, x, side="right"))
+        return mu - 1 if np.float32(x - values[mu - 1]) < np.float32(values[mu] - x) else mu
+
+    probe = [np.float32(v) for t in symmetric._IQ4NL_THRESHOLDS
+             for v in (np.nextafter(t, np.float32(-200)), t, np.nextafter(t, np.float32(200)))]
+    probe += [np.float32(v) for v in np.linspace(-140, 140, 2001)]
+    x = torch.tensor(np.array(probe, dtype=np.float32))
+    got = symmetric._best_index_iq4nl(x).tolist()
+    assert got == [best_index(p) for p in probe]
+
+
+_BLOCK = st.one_of(
+    st.lists(st.floats(-1e4, 1e4, allow_nan=False, width=32), min_size=32, max_size=32),
+    st.builds(lambda v: [v] * 32, st.floats(-1e4, 1e4, allow_nan=False, width=32)),  # constants
+    st.lists(st.sampled_from([0.0, -0.0, 1.0, -1.0, 0.5, 1e-20, 3.0]), min_size=32, max_size=32),
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.sampled_from(["Q4_0", "Q5_0", "IQ4_NL"]), st.lists(_BLOCK, min_size=1, max_size=3),
+       st.one_of(st.none(), st.lists(st.floats(0.0009765625, 1024.0, width=32), min_size=32,
+                                     max_size=32)))
+def test_block_property(name, blocks, imp):
+    x = torch.tensor([v for b in blocks for v in b], dtype=torch.float32)[None]
+    importance = None if imp is None else torch.tensor(imp * len(blocks), dtype=torch.float32)
+    qt = quant.get(name)
+    ref = ggml_quantize(x.numpy(), qt.ggml_type, None if importance is None else importance.numpy())
+    assert qt.encode(x, importance) == ref
+
+
+def _smollm2_matrices():
+    from safetensors import safe_open
+
+    from cwp_export.builtin import builtin_model_path
+
+    path = builtin_model_path("smollm2") / "model.safetensors"
+    with safe_open(str(path), framework="pt") as f:
+        for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+            t = f.get_tensor(key)
+            if t.ndim == 2:
+                yield key, t.to(torch.float32)
+
+
+def _activation_importance(x: torch.Tensor, seed: int) -> torch.Tensor:
+    """imatrix-like: mean square of random activations whose columns have uneven scales."""
+    g = torch.Generator().manual_seed(seed)
+    col_scale = torch.exp(torch.randn(x.shape[1], generator=g))
+    acts = torch.randn(64, x.shape[1], generator=g) * col_scale
+    return (acts * acts).mean(dim=0)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("with_importance", [False, True], ids=["no-importance", "per-column"])
+def test_smollm2_every_matrix(with_importance):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # shared CPUs: one thread is faster than contended OpenMP teams
+    try:
+        counts = {name: [0, 0] for name in EXACT + NEAR}
+        for i, (_key, x) in enumerate(_smollm2_matrices()):
+            imp = _activation_importance(x, i) if with_importance else None
+            for name, tally in counts.items():
+                if x.shape[1] % quant.get(name).block_size:
+                    continue  # K-types: rows of 576 are not whole super-blocks
+                s, t = compare(name, x, imp)
+                tally[0] += s
+                tally[1] += t
+    finally:
+        torch.set_num_threads(threads)
+    kind = "per-column importance" if with_importance else "no importance"
+    for name, (same, total) in counts.items():
+        print(f"\nSmolLM2 {name} ({kind}): {same}/{total} = {same / max(total, 1):.2%} blocks "
+              f"identical")
+        assert total > 0
