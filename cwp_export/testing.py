@@ -334,3 +334,31 @@ def llamacpp_quantize(src: str | Path, dst: str | Path, preset: str, nthread: in
     if rc != 0:
         raise RuntimeError(f"llama.cpp failed to quantize {src} to {preset} (rc={rc})")
     return Path(dst)
+
+
+def llamacpp_tool(name: str) -> Path | None:
+    """Path of a llama.cpp tool built by tools/build_llamacpp_tools.py for the installed
+    llama-cpp-python version, or None when it has not been built here."""
+    from importlib import metadata
+
+    from .cache import cache_dir
+
+    try:
+        version = metadata.version("llama_cpp_python")
+    except metadata.PackageNotFoundError:
+        return None
+    exe = cache_dir() / f"llama.cpp-bin-{version}" / name
+    return exe if exe.is_file() else None
+
+
+def run_llamacpp_tool(exe: Path, *args: str | Path, timeout: float = 1800):
+    """Run a cached llama.cpp tool with its shared libraries; raise with its output on failure."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "LD_LIBRARY_PATH": str(exe.parent)}
+    proc = subprocess.run([str(exe), *map(str, args)], env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"{exe.name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
+    return proc

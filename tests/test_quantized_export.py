@@ -55,3 +55,31 @@ def test_preset_matches_llama_quantize(smollm2, shared_data, tmp_path, preset):
     print(f"{preset} KLD vs F16 on held-out NTREX ({k_ours['n_tokens']} tokens): "
           f"cwp-export {k_ours['mean_kld']:.5f}, llama.cpp {k_theirs['mean_kld']:.5f}")
     assert abs(k_ours["mean_kld"] - k_theirs["mean_kld"]) < 0.02 * k_theirs["mean_kld"]
+
+
+def test_imatrix_export_matches_llama_quantize(smollm2, shared_data, tmp_path):
+    """With the same imatrix (computed by llama-imatrix on calibration news text), cwp-export's
+    Q4_K_M equals llama-quantize --imatrix byte for byte."""
+    from cwp_export.api import export
+    from cwp_export.testing import llamacpp_tool, run_llamacpp_tool
+
+    imatrix_exe, quantize_exe = llamacpp_tool("llama-imatrix"), llamacpp_tool("llama-quantize")
+    if imatrix_exe is None or quantize_exe is None:
+        pytest.skip("llama-imatrix/llama-quantize not built here: python "
+                    "tools/build_llamacpp_tools.py")
+    if not (shared_data / "ntrex_general_text").is_dir():
+        pytest.skip(f"NTREX text not found under {shared_data}")
+    calib = tmp_path / "calib.txt"
+    calib.write_text(ntrex_text(shared_data, "eng", lines=150, holdout=False), encoding="utf-8")
+    f16 = export(smollm2, quant="F16", outdir=tmp_path / "f16", progress=False, argv=[]).model_path
+    imatrix = tmp_path / "imatrix.gguf"
+    run_llamacpp_tool(imatrix_exe, "-m", f16, "-f", calib, "-o", imatrix, "-c", "256", "-t", "2")
+    theirs = tmp_path / "theirs.gguf"
+    run_llamacpp_tool(quantize_exe, "--imatrix", imatrix, f16, theirs, "Q4_K_M", "2")
+    ours = export(smollm2, quant="Q4_K_M", imatrix=imatrix, outdir=tmp_path / "ours",
+                  progress=False, argv=[]).model_path
+    t_ours = {t.name: bytes(t.data) for t in GGUFReader(ours).tensors}
+    t_theirs = {t.name: bytes(t.data) for t in GGUFReader(theirs).tensors}
+    differ = [n for n in t_ours if t_ours[n] != t_theirs.get(n)]
+    print(f"Q4_K_M + imatrix: {len(t_ours) - len(differ)}/{len(t_ours)} tensors byte-identical")
+    assert t_ours.keys() == t_theirs.keys() and not differ, differ[:5]
