@@ -362,3 +362,22 @@ def run_llamacpp_tool(exe: Path, *args: str | Path, timeout: float = 1800):
     if proc.returncode != 0:
         raise RuntimeError(f"{exe.name} failed ({proc.returncode}): {proc.stderr[-2000:]}")
     return proc
+
+
+def importance_effect(qtype, x, chosen, weight: float = 1000.0) -> tuple[float, float]:
+    """Give the ``chosen`` elements of ``x`` ``weight``× importance (others 1) and return how the
+    squared error of the chosen elements, and of the whole tensor, change against encoding with
+    no importance: (chosen ratio, total ratio)."""
+    import numpy as np
+    import torch
+    from gguf.quants import dequantize
+
+    def errors(blob: bytes) -> tuple[float, float]:
+        deq = torch.from_numpy(dequantize(np.frombuffer(blob, np.uint8).reshape(x.shape[0], -1),
+                                          qtype.ggml_type).copy())
+        se = (x - deq).double() ** 2
+        return float(se[chosen].sum()), float(se.sum())
+
+    base_chosen, base_total = errors(qtype.encode(x))
+    w_chosen, w_total = errors(qtype.encode(x, torch.where(chosen, weight, 1.0)))
+    return w_chosen / base_chosen, w_total / base_total

@@ -7,16 +7,15 @@ practice they are byte-identical too). Run with ``pytest -s`` to see the identic
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import torch
-from gguf import GGML_QUANT_SIZES
-from gguf.quants import dequantize
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cwp_export import quant
+from cwp_export.ggml_ref import parity
 from cwp_export.ggml_ref import quantize as ggml_quantize
+from cwp_export.testing import importance_effect
 
 LEGACY = ["Q4_1", "Q5_1"]
 K_TYPES = ["Q2_K", "Q4_K", "Q5_K"]
@@ -43,35 +42,15 @@ def _importance(x: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.rand(x.shape[1], generator=g) * 10 + 0.01
 
 
-def _weighted_error(x: np.ndarray, blob: bytes, qtype, w: np.ndarray | None) -> float:
-    rows = x.shape[0]
-    with np.errstate(all="ignore"):
-        deq = dequantize(np.frombuffer(blob, np.uint8).reshape(rows, -1), qtype).astype(np.float64)
-        err = (x.astype(np.float64) - deq) ** 2
-        if w is not None:
-            err = err * np.broadcast_to(w.astype(np.float64), x.shape)
-        return float(err.sum())
-
-
 def compare(name: str, x: torch.Tensor, importance: torch.Tensor | None) -> tuple[int, int]:
     """Asserts the type's parity criterion; returns (identical blocks, blocks)."""
-    qt = quant.get(name)
-    ours = qt.encode(x, importance)
-    ref = ggml_quantize(x.numpy(), qt.ggml_type, None if importance is None else importance.numpy())
-    assert len(ours) == len(ref)
-    size = GGML_QUANT_SIZES[qt.ggml_type][1]  # bytes per block (32 values) / super-block (256)
-    a = np.frombuffer(ours, np.uint8).reshape(-1, size)
-    b = np.frombuffer(ref, np.uint8).reshape(-1, size)
-    same = int((a == b).all(1).sum())
+    p = parity(quant.get(name), x, importance)
     if name in LEGACY:
-        assert ours == ref, f"{name}: {len(a) - same} of {len(a)} blocks differ from ggml"
-    elif ours != ref:
-        assert same >= 0.999 * len(a), f"{name}: only {same}/{len(a)} super-blocks identical"
-        w = None if importance is None else importance.numpy()
-        e_ours = _weighted_error(x.numpy(), ours, qt.ggml_type, w)
-        e_ref = _weighted_error(x.numpy(), ref, qt.ggml_type, w)
-        assert e_ours == e_ref or abs(e_ours - e_ref) <= 1e-3 * abs(e_ref), (e_ours, e_ref)
-    return same, len(a)
+        assert p.identical, f"{name}: {p.blocks - p.same_blocks} of {p.blocks} blocks differ from ggml"
+    elif not p.identical:
+        assert p.same_blocks >= 0.999 * p.blocks, f"{name}: only {p.same_blocks}/{p.blocks} identical"
+        assert abs(p.error_ours - p.error_ggml) <= 1e-3 * abs(p.error_ggml), (name, p)
+    return p.same_blocks, p.blocks
 
 
 @pytest.mark.parametrize("with_importance", [False, True], ids=["no-importance", "per-column"])
@@ -94,21 +73,11 @@ def test_per_element_importance(name):
     g = torch.Generator().manual_seed(7)
     x = torch.randn(32, 512, generator=g)
     chosen = torch.rand(x.shape, generator=g) < 0.01
-    importance = torch.where(chosen, 1000.0, 1.0)
-    qt = quant.get(name)
-
-    def errors(blob: bytes) -> tuple[float, float]:
-        deq = torch.from_numpy(dequantize(np.frombuffer(blob, np.uint8).reshape(x.shape[0], -1),
-                                          qt.ggml_type).copy())
-        se = (x - deq).double() ** 2
-        return float(se[chosen].sum()), float(se.sum())
-
-    base_chosen, base_total = errors(qt.encode(x))
-    w_chosen, w_total = errors(qt.encode(x, importance))
-    print(f"\n{name}: chosen-element error ×{w_chosen / base_chosen:.3f}, "
-          f"total error ×{w_total / base_total:.3f} vs no importance")
-    assert w_chosen < 0.3 * base_chosen
-    assert w_total < 1.3 * base_total
+    chosen_ratio, total_ratio = importance_effect(quant.get(name), x, chosen)
+    print(f"\n{name}: chosen-element error ×{chosen_ratio:.3f}, "
+          f"total error ×{total_ratio:.3f} vs no importance")
+    assert chosen_ratio < 0.3
+    assert total_ratio < 1.3
 
 
 def test_importance_shapes():
