@@ -78,3 +78,13 @@ def test_rows_must_hold_whole_blocks():
 def test_importance_shape_is_checked():
     with pytest.raises(ValueError, match="fits neither a column"):
         quant.get("Q8_0").encode(torch.ones(2, 64), torch.ones(3))
+
+
+def test_fast_int8_rounding_equals_roundf():
+    from cwp_export.quant.basic import round_half_away_int8
+
+    halves = torch.arange(-254, 255, dtype=torch.float32) / 2.0
+    y = torch.cat([halves, torch.nextafter(halves, torch.tensor(0.0)),
+                   torch.nextafter(halves, torch.tensor(1e3)), torch.randn(100_000) * 50,
+                   torch.tensor([0.49999997, -0.49999997, 0.0, -0.0, 127.0, -127.0])]).clamp(-127, 127)
+    assert torch.equal(round_half_away_int8(y), round_half_away(y).to(torch.int8))
