@@ -170,7 +170,7 @@ def make_tiny_model(arch: str, folder: str | Path, seed: int = 0,
     torch.manual_seed(seed)
     model = cls(cfg)
     with torch.no_grad():  # random norms and biases, so a wrong transform cannot hide
-        for name, p in model.named_parameters():
+        for p in model.parameters():
             if p.ndim == 1:
                 p.copy_(torch.randn_like(p) * 0.1 + (0.0 if arch == "gemma3" else 1.0))
             else:

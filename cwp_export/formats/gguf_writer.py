@@ -165,7 +165,7 @@ class GGUFWriter:
         if len(name.encode()) >= 64:
             raise ValueError(f"tensor name {name!r} is longer than GGUF's 63-byte limit")
         entry = TensorEntry(name, tuple(int(d) for d in shape), GGMLQuantizationType(ggml_type), produce)
-        entry.nbytes  # validates block alignment early
+        tensor_nbytes(entry.shape, entry.ggml_type)  # refuses rows that do not hold whole blocks
         self._names.add(name)
         self._tensors.append(entry)
 
