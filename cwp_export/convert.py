@@ -18,12 +18,12 @@ import torch
 from gguf import LlamaFileType
 
 from . import __version__, quant
-from .formats.imatrix import load_imatrix
-from .quant import presets
 from .arch import adapter_for
 from .arch.base import ArchAdapter, TensorSpec
 from .errors import InputError
 from .formats.gguf_writer import GGUFWriter
+from .formats.imatrix import load_imatrix
+from .quant import presets
 from .source import ModelSource, open_source
 from .tokenizer import Vocab, load_vocab
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import partial
 
 from . import register
-from .base import ArchAdapter, Transform, TensorSpec, permute_rope_rows, u32
+from .base import ArchAdapter, TensorSpec, Transform, permute_rope_rows, u32
 
 LLAMA_LAYER_MAP = {
     "input_layernorm.weight": "attn_norm.weight",

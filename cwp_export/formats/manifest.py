@@ -31,20 +31,28 @@ def versions() -> dict[str, str | None]:
     return out
 
 
-def write_atomic_text(path: Path, text: str) -> None:
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write a small file under a temporary name in its folder, fsync, then rename into place;
+    on failure nothing is left behind and the error names the path and the fix."""
     tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
     try:
-        with open(tmp, "w", encoding="utf-8") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
-    except OSError as e:
+    except BaseException as e:
         try:
             tmp.unlink()
         except OSError:
             pass
-        raise output_error(path, e) from e
+        if isinstance(e, OSError):
+            raise output_error(path, e) from e
+        raise
+
+
+def write_atomic_text(path: Path, text: str) -> None:
+    write_atomic(path, text.encode("utf-8"))
 
 
 def write_manifest(outdir: Path, files: list[dict[str, Any]], source: dict[str, Any],
