@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 from cwp_export import quant
 from cwp_export.ggml_ref import parity
 from cwp_export.ggml_ref import quantize as ggml_quantize
-from cwp_export.testing import importance_effect
 
 LEGACY = ["Q4_1", "Q5_1"]
 K_TYPES = ["Q2_K", "Q4_K", "Q5_K"]
@@ -65,19 +64,6 @@ def test_matches_ggml(name, with_importance):
         same, total = same + s, total + t
     kind = "per-column importance" if with_importance else "no importance"
     print(f"\n{name} ({kind}): {same}/{total} = {same / total:.2%} blocks byte-identical to ggml")
-
-
-@pytest.mark.parametrize("name", LEGACY + K_TYPES)
-def test_per_element_importance(name):
-    """1 % of the elements weighted 1000×: their error drops, the tensor's total barely moves."""
-    g = torch.Generator().manual_seed(7)
-    x = torch.randn(32, 512, generator=g)
-    chosen = torch.rand(x.shape, generator=g) < 0.01
-    chosen_ratio, total_ratio = importance_effect(quant.get(name), x, chosen)
-    print(f"\n{name}: chosen-element error ×{chosen_ratio:.3f}, "
-          f"total error ×{total_ratio:.3f} vs no importance")
-    assert chosen_ratio < 0.3
-    assert total_ratio < 1.3
 
 
 def test_importance_shapes():
