@@ -8,6 +8,7 @@ encoder (with an optional per-column importance from an imatrix) into the writer
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,13 +61,7 @@ class Conversion:
 
     @property
     def n_params(self) -> int:
-        n = 0
-        for t in self.tensors:
-            k = 1
-            for d in t.spec.shape:
-                k *= d
-            n += k
-        return n
+        return sum(math.prod(t.spec.shape) for t in self.tensors)
 
 
 def choose_type(spec: TensorSpec, outtype: str) -> quant.QuantType:

@@ -220,7 +220,7 @@ def open_source(model: str | os.PathLike) -> ModelSource:
                 raise InputError(f"tensor {name!r} appears in both {tensors[name].file.name} and "
                                  f"{f.name}; the checkpoint is inconsistent")
             tensors[name] = ref
-    name = path.resolve().name if path.name not in ("", ".") else path.resolve().name
+    name = path.resolve().name
     if "snapshots" in path.parts:  # hub cache: models--org--name/snapshots/<rev>
         for part in path.parts:
             if part.startswith("models--"):
