@@ -88,39 +88,3 @@ def test_legacy_property(name, values, reps, imp):
     qt = quant.get(name)
     imatrix = None if importance is None else importance.numpy()
     assert qt.encode(x, importance) == ggml_quantize(x.numpy(), qt.ggml_type, imatrix)
-
-
-def _smollm2_matrices():
-    from safetensors import safe_open
-
-    from cwp_export.builtin import builtin_model_path
-
-    path = builtin_model_path("smollm2") / "model.safetensors"
-    with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 (a safetensors handle, not a dict)
-            t = f.get_tensor(key)
-            if t.ndim == 2:
-                yield key, t.to(torch.float32)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("with_importance", [False, True], ids=["no-importance", "per-column"])
-def test_smollm2_every_matrix(with_importance):
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)  # shared CPUs: one thread is faster than contended OpenMP teams
-    try:
-        counts = {name: [0, 0] for name in LEGACY + K_TYPES}
-        for i, (key, x) in enumerate(_smollm2_matrices()):
-            imp = _importance(x, i) if with_importance else None
-            for name, count in counts.items():
-                if x.shape[1] % (256 if name in K_TYPES else 32):
-                    continue
-                s, t = compare(name, x, imp)
-                count[0] += s
-                count[1] += t
-    finally:
-        torch.set_num_threads(threads)
-    kind = "per-column importance" if with_importance else "no importance"
-    for name, (s, t) in counts.items():
-        print(f"\nSmolLM2 {name} ({kind}): {s}/{t} = {s / max(t, 1):.2%} blocks identical")
-        assert t > 0
