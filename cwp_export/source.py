@@ -208,7 +208,8 @@ def open_source(model: str | os.PathLike) -> ModelSource:
     try:
         config = json.loads(cfg_path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise InputError(f"{cfg_path} is not valid JSON ({e.__class__.__name__}); fix or re-download it") from e
+        raise InputError(f"{cfg_path} is not valid JSON ({e.__class__.__name__}); fix or "
+                         f"re-download it") from e
     if not isinstance(config, dict):
         raise InputError(f"{cfg_path} does not hold a JSON object; fix or re-download it")
 

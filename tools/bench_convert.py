@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llamacpp import converter_command, llamacpp_version  # noqa: E402
+from llamacpp import converter_command, llamacpp_version
 
 REPO = Path(__file__).resolve().parent.parent
 _ST_SIZES = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "I32": 4, "I16": 2, "I8": 1,

@@ -31,8 +31,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cwp_export import quant  # noqa: E402
-from cwp_export.ggml_ref import quantize as ggml_quantize  # noqa: E402
+from cwp_export import quant
+from cwp_export.ggml_ref import quantize as ggml_quantize
 
 DEFAULT_TYPES = ["Q8_0", "Q4_0", "Q4_1", "Q5_0", "Q5_1", "Q2_K", "Q3_K", "Q4_K", "Q5_K", "Q6_K"]
 

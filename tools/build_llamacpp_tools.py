@@ -20,9 +20,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llamacpp import _download_sdist, llamacpp_version  # noqa: E402
+from llamacpp import _download_sdist, llamacpp_version
 
-from cwp_export.cache import build_once, cache_dir  # noqa: E402
+from cwp_export.cache import build_once, cache_dir
 
 TARGETS = ("llama-quantize", "llama-imatrix", "llama-perplexity")
 

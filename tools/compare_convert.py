@@ -35,12 +35,13 @@ import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from llamacpp import LlamaCppConvertError, converter_command  # noqa: E402
+from llamacpp import LlamaCppConvertError, converter_command
 
 TYPES = ("f32", "f16", "bf16", "q8_0")
 FORCED_PRE_MARK = "forced by the comparison tool"

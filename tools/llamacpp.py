@@ -34,7 +34,7 @@ import tarfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from cwp_export.cache import build_once, cache_dir  # noqa: E402
+from cwp_export.cache import build_once, cache_dir
 
 CONVERTER = "convert_hf_to_gguf.py"
 # What the converter needs from the vendored llama.cpp tree (paths relative to it).

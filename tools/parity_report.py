@@ -20,9 +20,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from cwp_export.api import export  # noqa: E402
-from cwp_export.builtin import builtin_model_path  # noqa: E402
-from cwp_export.testing import compare_with_transformers  # noqa: E402
+from cwp_export.api import export
+from cwp_export.builtin import builtin_model_path
+from cwp_export.testing import compare_with_transformers
 
 
 def main() -> int:

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import json
 from importlib import resources
-from typing import Any, Iterable
+from typing import Any
+from collections.abc import Iterable
 
 from ..errors import InputError
 

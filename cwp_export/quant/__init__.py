@@ -8,7 +8,7 @@ on whatever device the tensor is on) and matches ggml's own reference quantizer 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 from gguf import GGML_QUANT_SIZES, GGMLQuantizationType

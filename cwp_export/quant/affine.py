@@ -383,8 +383,8 @@ def _requantize(x: torch.Tensor, L: torch.Tensor, d: torch.Tensor, dm: torch.Ten
                 nmax: int) -> torch.Tensor:
     """L = clamp(nearest_int((x + dm)/d)) per sub-block; sub-blocks with d == 0 keep their L.
     x, L: [n, G]; d, dm: [G]."""
-    l = _nearest_int((x + dm[None]) / d[None]).clamp_(0, nmax)
-    return torch.where(d[None] == 0, L, l)
+    q = _nearest_int((x + dm[None]) / d[None]).clamp_(0, nmax)
+    return torch.where(d[None] == 0, L, q)
 
 
 def _k_superblock_sumsq(xr: torch.Tensor) -> torch.Tensor:

@@ -17,7 +17,7 @@ def _smollm2_matrices():
 
     path = builtin_model_path("smollm2") / "model.safetensors"
     with safe_open(str(path), framework="pt") as f:
-        for key in f.keys():  # noqa: SIM118 (safe_open has no __iter__)
+        for key in f.keys():
             t = f.get_tensor(key)
             if t.ndim == 2:
                 yield key, t.to(torch.float32)
