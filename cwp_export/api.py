@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 import sys
 import tempfile
@@ -48,16 +47,6 @@ def prepare_outdir(outdir: str | os.PathLike) -> Path:
     return out
 
 
-def source_fingerprint(conv: convert.Conversion) -> str:
-    """sha256 over config.json and every safetensors header: identifies the checkpoint cheaply."""
-    h = hashlib.sha256()
-    h.update((conv.source.path / "config.json").read_bytes())
-    for name in sorted(conv.source.tensors):
-        r = conv.source.tensors[name]
-        h.update(f"{name}|{r.dtype}|{r.shape}|{r.file.name}|{r.start}|{r.end}\n".encode())
-    return h.hexdigest()
-
-
 def export(model: str | os.PathLike, quant: str = "F16", outdir: str | os.PathLike = "cwp-out",
            protect: str | float = 0, progress: bool = True,
            overrides: dict[str, str] | None = None, imatrix: str | os.PathLike | None = None,
@@ -81,9 +70,27 @@ def export(model: str | os.PathLike, quant: str = "F16", outdir: str | os.PathLi
     source = {"name": conv.source.name, "path": str(conv.source.path),
               "architecture": next(a for a in conv.source.config["architectures"]
                                   if a in conv.adapter.hf_architectures),
-              "fingerprint": source_fingerprint(conv), "n_params": conv.n_params}
+              "fingerprint": conv.source.fingerprint(), "n_params": conv.n_params}
     options = {"quant": conv.outtype, "protect": fraction, "overrides": dict(overrides or {}),
                "imatrix": str(imatrix) if imatrix else None,
                "tensor_types": {t.spec.name: t.qtype.name for t in conv.tensors}}
     manifest = write_manifest(out, files, source, options, argv if argv is not None else sys.argv)
     return ExportResult(out, files, manifest)
+
+
+def score(model: str | os.PathLike, output: str | os.PathLike = "scores.safetensors", *,
+          protect: str | float = "1%", progress: bool = True, **options: Any):
+    """Score ``model`` and write the scores file (see :func:`.score.pipeline.score_model` for
+    ``options``: scorer, beta, languages, calib, safety_target, max_per_language, batch_size,
+    seed, layers, layers_per_pass, device, chat_template). Returns the :class:`ScoreResult`
+    (None on ranks other than 0 of a torchrun)."""
+    from .score.pipeline import score_model
+
+    fraction = parse_fraction(protect)
+    out = Path(output).expanduser()
+    prepare_outdir(out.parent if str(out.parent) else ".")
+    result = score_model(resolve_model(model, progress), protect=fraction, progress=progress,
+                         **options)
+    if result is not None:
+        result.save(out)
+    return result

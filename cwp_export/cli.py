@@ -104,5 +104,83 @@ def export_cmd(model: str, quant: str, tensor_types: tuple[str, ...], imatrix: s
     click.echo(f"wrote {result.manifest}")
 
 
+def _calib_help(kind: str) -> str:
+    return (f"{kind} calibration source: builtin (default), none, a .jsonl file in the probe "
+            f"schema, or NAME=SOURCE for a benchmark file/folder or hf:ORG/NAME dataset. "
+            f"Repeatable.")
+
+
+@main.command("score")
+@click.argument("model")
+@click.option("-o", "--output", default="scores.safetensors", show_default=True, metavar="FILE",
+              help="Scores file to write (safetensors keyed by GGUF tensor name; reuse it with "
+                   "cwp-export MODEL --scores FILE).")
+@click.option("--scorer", default="cwp", show_default=True, metavar="NAME",
+              help="cwp, fairness, safety, magnitude, wanda, activation or random.")
+@click.option("--protect", default="1%", show_default=True, metavar="P",
+              help="Share of the scored weights to mark critical (1%, 0.5%, 0.01).")
+@click.option("--beta", default=1.0, show_default=True, type=float,
+              help="Weight of the general-language Fisher subtracted in the cwp score.")
+@click.option("--languages", default=None, metavar="LIST",
+              help="Comma-separated languages for every calibration set (default: fairness "
+                   "en,fr,nl,es,tr; safety en,ko,ar; general all seven).")
+@click.option("--calib-fairness", multiple=True, metavar="SPEC", help=_calib_help("Fairness"))
+@click.option("--calib-safety", multiple=True, metavar="SPEC", help=_calib_help("Safety"))
+@click.option("--calib-general", multiple=True, metavar="SPEC",
+              help=_calib_help("General-text"))
+@click.option("--calib-instruct", multiple=True, metavar="SPEC",
+              help=_calib_help("Instruction/response"))
+@click.option("--safety-target", default="affirmative", show_default=True,
+              type=click.Choice(["affirmative", "refusal", "both"]),
+              help="Answer whose NLL is the safety loss.")
+@click.option("--max-per-language", type=int, default=None, metavar="N",
+              help="Use at most N items per language of each calibration set (quick runs).")
+@click.option("--batch-size", default=8, show_default=True, type=int)
+@click.option("--seed", default=0, show_default=True, type=int)
+@click.option("--layers", default=None, metavar="LIST",
+              help="Score only these blocks (e.g. 0-3,7); default all.")
+@click.option("--layers-per-pass", type=int, default=None, metavar="N",
+              help="Keep accumulators for N blocks at a time (less memory, one data pass each).")
+@click.option("--device", default=None, metavar="DEV",
+              help="cpu, cuda or cuda:N (default: cuda when available, under torchrun the "
+                   "local rank's GPU).")
+@click.option("--chat-template", default=None, metavar="FILE|plain",
+              help="Jinja chat template for models without one, or 'plain' for plain text.")
+@click.option("--progress/--no-progress", default=True, show_default=True)
+def score_cmd(model: str, output: str, scorer: str, protect: str, beta: float,
+              languages: str | None, calib_fairness, calib_safety, calib_general, calib_instruct,
+              safety_target: str, max_per_language: int | None, batch_size: int, seed: int,
+              layers: str | None, layers_per_pass: int | None, device: str | None,
+              chat_template: str | None, progress: bool) -> None:
+    """Compute critical-weight scores of MODEL and write them with the mask.
+
+    Run under torchrun (--nproc-per-node N) for data-parallel scoring.
+    """
+    from .api import score
+    from .options import parse_languages, parse_layers
+    from .score.pipeline import format_summary
+
+    calib = {k: list(v) for k, v in (("fairness", calib_fairness), ("safety", calib_safety),
+                                      ("general_text", calib_general),
+                                      ("general_instruct", calib_instruct)) if v}
+    try:
+        result = score(model, output, protect=protect, progress=progress, scorer=scorer,
+                       beta=beta, languages=parse_languages(languages), calib=calib,
+                       safety_target=safety_target, max_per_language=max_per_language,
+                       batch_size=batch_size, seed=seed, layers=parse_layers(layers),
+                       layers_per_pass=layers_per_pass, device=device,
+                       chat_template=chat_template)
+    except CwpError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo("interrupted; no partial output was left behind", err=True)
+        sys.exit(130)
+    if result is None:  # a non-zero torchrun rank: rank 0 reports
+        return
+    click.echo(format_summary(result.summary))
+    click.echo(f"wrote {result.path} (scorer {scorer}, "
+               f"{result.metadata['calibration_tokens']:,} calibration tokens)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()

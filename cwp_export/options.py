@@ -33,3 +33,29 @@ def parse_overrides(items: tuple[str, ...] | list[str]) -> dict[str, str]:
             raise InputError(f"--tensor-type gives {name.strip()} twice; give each tensor once")
         out[name.strip()] = qtype.strip().upper()
     return out
+
+
+def parse_layers(text: str | None) -> list[int] | None:
+    """``"0-3,7"`` → ``[0, 1, 2, 3, 7]``; None or empty → None (all layers)."""
+    if text is None or not str(text).strip():
+        return None
+    out: set[int] = set()
+    for part in str(text).split(","):
+        part = part.strip()
+        lo, sep, hi = part.partition("-")
+        try:
+            a, b = (int(lo), int(hi)) if sep else (int(part), int(part))
+        except ValueError:
+            raise InputError(f"--layers {text!r} is not a list of layer numbers; write e.g. "
+                             f"0-3,7") from None
+        if a < 0 or b < a:
+            raise InputError(f"--layers range {part!r} is empty or negative; write e.g. 0-3")
+        out.update(range(a, b + 1))
+    return sorted(out)
+
+
+def parse_languages(text: str | None) -> list[str] | None:
+    """``"en,fr, ko"`` → ``["en", "fr", "ko"]``; None or empty → None (the defaults)."""
+    if text is None or not str(text).strip():
+        return None
+    return [x.strip().lower() for x in str(text).split(",") if x.strip()]

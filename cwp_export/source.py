@@ -136,6 +136,18 @@ class ModelSource:
     config: dict[str, Any]
     tensors: dict[str, TensorRef] = field(repr=False)
 
+    def fingerprint(self) -> str:
+        """sha256 over config.json and every safetensors header entry: identifies the checkpoint
+        cheaply (a scores file records it, an export checks it)."""
+        import hashlib
+
+        h = hashlib.sha256()
+        h.update((self.path / "config.json").read_bytes())
+        for name in sorted(self.tensors):
+            r = self.tensors[name]
+            h.update(f"{name}|{r.dtype}|{r.shape}|{r.file.name}|{r.start}|{r.end}\n".encode())
+        return h.hexdigest()
+
     def load(self, name: str):
         """Read one tensor into memory as a torch tensor.
 

@@ -69,6 +69,24 @@ def accumulate_fisher(model: Any, items: Iterable[dict[str, Any]], loss_fn: Call
     ``progress(done, total)`` is called after each batch (``total`` is None for a stream of
     unknown length). The model is put in eval mode; its ``requires_grad`` flags are restored.
     """
+    acc: dict[str, torch.Tensor] = {}
+    done = fisher_sums(model, items, loss_fn, param_names, acc, batch_size=batch_size,
+                       progress=progress, method=method, seed=seed)
+    if done == 0:
+        raise InputError("no calibration items: the Fisher estimate needs at least one")
+    return {n: a / done for n, a in acc.items()}
+
+
+def fisher_sums(model: Any, items: Iterable[dict[str, Any]], loss_fn: Callable,
+                param_names: Sequence[str], into: dict[str, torch.Tensor], *,
+                scale: float = 1.0, batch_size: int = 4, progress: Progress = None,
+                method: str = "auto", seed: int = 0) -> int:
+    """Add ``scale · Σ_items (∂loss/∂W)²`` into ``into[name]`` (float32, created when missing)
+    for each chosen parameter; return the number of items seen.
+
+    One accumulator can thus collect a weighted sum of several losses' Fisher estimates (the
+    ``cwp`` score needs no accumulator per loss). Arguments as in :func:`accumulate_fisher`.
+    """
     if batch_size < 1:
         raise InputError(f"batch size {batch_size} must be at least 1")
     if method not in ("auto", "hooks", "loop"):
@@ -95,16 +113,19 @@ def accumulate_fisher(model: Any, items: Iterable[dict[str, Any]], loss_fn: Call
     chosen = {id(params[n]) for n in param_names}
     for p in params.values():
         p.requires_grad_(id(p) in chosen)
-    acc = {n: torch.zeros(params[n].shape, dtype=torch.float32, device=params[n].device)
-           for n in param_names}
+    for n in param_names:
+        if n not in into:
+            into[n] = torch.zeros(params[n].shape, dtype=torch.float32, device=params[n].device)
+    acc = into
     done = 0
     try:
         for batch in _batches(items, batch_size):
             if use_hooks:
                 _hooks_batch(model, batch, loss_fn, {n: owners[id(params[n])][0]
-                                                    for n in param_names}, acc)
+                                                    for n in param_names}, acc, scale)
             else:
-                _loop_batch(model, batch, loss_fn, {n: params[n] for n in param_names}, acc)
+                _loop_batch(model, batch, loss_fn, {n: params[n] for n in param_names}, acc,
+                            scale)
             done += len(batch)
             if progress is not None:
                 progress(done, total)
@@ -113,58 +134,81 @@ def accumulate_fisher(model: Any, items: Iterable[dict[str, Any]], loss_fn: Call
             p.requires_grad_(flags[n])
             p.grad = None
         model.train(was_training)
-    if done == 0:
-        raise InputError("no calibration items: the Fisher estimate needs at least one")
-    return {n: a / done for n, a in acc.items()}
+    return done
 
 
-def _loop_batch(model, batch, loss_fn, params: dict[str, torch.Tensor], acc) -> None:
+def _loop_batch(model, batch, loss_fn, params: dict[str, torch.Tensor], acc, scale) -> None:
     plist = list(params.values())
     for item in batch:
         loss = loss_fn(model, [item])[0]
         grads = torch.autograd.grad(loss, plist, allow_unused=True)
         for (n, _), g in zip(params.items(), grads):
             if g is not None:
-                acc[n] += g.float().square()
+                acc[n].add_(g.float().square(), alpha=scale)
 
 
-def _hooks_batch(model, batch, loss_fn, modules: dict[str, torch.nn.Module], acc) -> None:
+# Per-item gradients of one layer are formed this many elements at a time (bounds the
+# [items, out, in] temporary for big layers).
+_PER_ITEM_ELEMENTS = 1 << 25
+
+
+def _hooks_batch(model, batch, loss_fn, modules: dict[str, torch.nn.Module], acc, scale) -> None:
     inputs: dict[str, torch.Tensor] = {}
-    grads: dict[str, torch.Tensor] = {}
+    outputs: dict[str, torch.Tensor] = {}
     handles = []
 
     def fwd(name):
         def hook(mod, args, out):
             inputs[name] = args[0].detach()
             if out.requires_grad:
-                out.register_hook(lambda g: grads.__setitem__(name, g.detach()))
+                outputs[name] = out
         return hook
 
     for n, m in modules.items():
         handles.append(m.register_forward_hook(fwd(n)))
     try:
         losses = loss_fn(model, batch)
-        # the sequence → item map: encode again (cheap) to learn how many rows each item used
-        rows = [len(loss_fn.encode(it).ids) for it in batch] if hasattr(loss_fn, "encode") \
-            else [1] * len(batch)
-        losses.sum().backward(inputs=[m.weight for m in modules.values()])
     finally:
         for h in handles:
             h.remove()
-        for m in modules.values():
-            m.weight.grad = None
-    row_item = torch.repeat_interleave(torch.arange(len(batch)), torch.tensor(rows))
-    for n in modules:
-        if n not in grads:
+    # the sequence → item map: encode again (cheap) to learn how many rows each item used
+    rows = [len(loss_fn.encode(it).ids) for it in batch] if hasattr(loss_fn, "encode") \
+        else [1] * len(batch)
+    names = [n for n in modules if n in outputs]
+    # gradients w.r.t. the layers' outputs only: the weight gradients (summed over the batch)
+    # are never formed, the per-item ones below replace them
+    grads = torch.autograd.grad(losses.sum(), [outputs[n] for n in names], allow_unused=True)
+    outputs.clear()
+    for n, g in zip(names, grads):
+        if g is None:
             continue  # this weight does not influence the loss
-        x, g = inputs[n].float(), grads[n].float()
-        if x.shape[0] != len(row_item):
-            raise RuntimeError(f"{n}: {x.shape[0]} rows but {len(row_item)} sequences")
-        per_row = torch.einsum("b...o,b...i->boi", g, x)
-        per_item = torch.zeros(len(batch), *per_row.shape[1:], dtype=torch.float32,
-                               device=per_row.device)
-        per_item.index_add_(0, row_item.to(per_row.device), per_row)
-        acc[n] += per_item.square().sum(0)
+        x, g = inputs.pop(n), g.detach()
+        if x.shape[0] != sum(rows):
+            raise RuntimeError(f"{n}: {x.shape[0]} rows but {sum(rows)} sequences")
+        _add_per_item_squares(acc[n], g, x, rows, scale)
+
+
+def _add_per_item_squares(acc: torch.Tensor, g: torch.Tensor, x: torch.Tensor, rows: list[int],
+                          scale: float) -> None:
+    """``acc += scale · Σ_items (Σ_{item's positions} g_t x_tᵀ)²`` for one linear layer."""
+    g = g.float().reshape(g.shape[0], -1, g.shape[-1])  # [sequences, T, out]
+    x = x.float().reshape(x.shape[0], -1, x.shape[-1])  # [sequences, T, in]
+    if len(set(rows)) == 1:
+        # the sequences of one item are adjacent and equal in number: join their positions
+        r = rows[0]
+        g = g.reshape(len(rows), r * g.shape[1], g.shape[2])
+        x = x.reshape(len(rows), r * x.shape[1], x.shape[2])
+        step = max(1, _PER_ITEM_ELEMENTS // (g.shape[2] * x.shape[2]))
+        for i in range(0, len(rows), step):
+            per_item = torch.bmm(g[i:i + step].transpose(1, 2), x[i:i + step])
+            acc.add_(per_item.square_().sum(0), alpha=scale)
+        return
+    row_item = torch.repeat_interleave(torch.arange(len(rows)), torch.tensor(rows))
+    per_row = torch.bmm(g.transpose(1, 2), x)
+    per_item = torch.zeros(len(rows), *per_row.shape[1:], dtype=torch.float32,
+                           device=per_row.device)
+    per_item.index_add_(0, row_item.to(per_row.device), per_row)
+    acc.add_(per_item.square_().sum(0), alpha=scale)
 
 
 def cwp_scores(F_fair: dict[str, torch.Tensor], F_safe: dict[str, torch.Tensor],

@@ -105,3 +105,54 @@ def test_cwp_scores():
         cwp_scores(f, {"b": torch.zeros(2)}, t, i, 1.0)
     with pytest.raises(InputError, match="shape"):
         cwp_scores(f, {"a": torch.zeros(3)}, t, i, 1.0)
+
+
+class _TwoLayer(torch.nn.Module):
+    """y = w2 · (W1 x): the gradients are w2 xᵀ (for W1) and W1 x (for w2), by hand."""
+
+    def __init__(self):
+        super().__init__()
+        self.l1 = torch.nn.Linear(2, 2, bias=False)
+        self.l2 = torch.nn.Linear(2, 1, bias=False)
+        self.unused = torch.nn.Linear(2, 2, bias=False)  # its output never reaches the loss
+        with torch.no_grad():
+            self.l1.weight.copy_(torch.tensor([[1.0, 2.0], [-1.0, 0.5]]))
+            self.l2.weight.copy_(torch.tensor([[3.0, -2.0]]))
+            self.unused.weight.fill_(1.0)
+
+    def forward(self, x):
+        self.unused(x)
+        return self.l2(self.l1(x)).squeeze(-1)
+
+
+def _two_layer_loss(model, batch):
+    return model(torch.stack([it["x"] for it in batch]))
+
+
+@pytest.mark.parametrize("method", ["hooks", "loop"])
+def test_fisher_of_a_two_layer_model_by_hand(method):
+    model = _TwoLayer()
+    xs = [torch.tensor([1.0, 0.0]), torch.tensor([0.5, -2.0]), torch.tensor([3.0, 1.0])]
+    items = [{"x": x} for x in xs]
+    names = ["l1.weight", "l2.weight", "unused.weight"]
+    got = accumulate_fisher(model, items, _two_layer_loss, names, batch_size=2, method=method)
+    w1, w2 = model.l1.weight.detach(), model.l2.weight.detach()[0]
+    # d y / d W1[i, j] = w2[i] x[j];  d y / d w2[i] = (W1 x)[i]
+    exp1 = sum(torch.outer(w2, x).square() for x in xs) / 3
+    exp2 = sum((w1 @ x).square()[None, :] for x in xs) / 3
+    torch.testing.assert_close(got["l1.weight"], exp1)
+    torch.testing.assert_close(got["l2.weight"], exp2)
+    # a weight that cannot affect the loss scores exactly zero
+    assert torch.equal(got["unused.weight"], torch.zeros(2, 2))
+
+
+def test_fisher_sums_scale_and_accumulate():
+    from cwp_export.score.fisher import fisher_sums
+
+    model = _TwoLayer()
+    items = [{"x": torch.tensor([1.0, 2.0])}, {"x": torch.tensor([-1.0, 0.0])}]
+    mean = accumulate_fisher(model, items, _two_layer_loss, ["l1.weight"])
+    acc: dict[str, torch.Tensor] = {}
+    assert fisher_sums(model, items, _two_layer_loss, ["l1.weight"], acc, scale=0.5) == 2
+    fisher_sums(model, items, _two_layer_loss, ["l1.weight"], acc, scale=-0.25)
+    torch.testing.assert_close(acc["l1.weight"], mean["l1.weight"] * 2 * 0.25)
