@@ -1,7 +1,9 @@
 """Critical-weight scores and mask on disk: one safetensors file keyed by GGUF tensor name.
 
 Layout: for each scored tensor ``NAME`` (GGUF name, e.g. ``blk.0.attn_q.weight``) the file holds
-``score.NAME`` (float32) and ``mask.NAME`` (bool), both in the GGUF tensor's layout: the
+``score.NAME`` (float32) and ``mask.NAME`` (bool), both in the GGUF tensor's layout, and
+optionally ``act.NAME`` (float32, one value per column: the mean squared input activation on the
+general calibration text, what an imatrix holds); the
 architecture adapter's transform (e.g. LLaMA's Q/K row reordering) has been applied, so a mask
 lines up with the weights written to the GGUF. String metadata: ``format`` (= ``cwp-scores``),
 ``version``, plus whatever the caller records (scorer, beta, languages, data hashes, model
@@ -81,8 +83,10 @@ def _serialize(tensors: dict[str, torch.Tensor], meta: dict[str, str]) -> bytes:
 
 
 def save_scores(path: str | Path, scores: dict[str, torch.Tensor], mask: dict[str, torch.Tensor],
-                metadata: dict[str, Any] | None = None) -> Path:
-    """Write GGUF-named ``scores`` and ``mask`` (same names and shapes) to ``path`` atomically.
+                metadata: dict[str, Any] | None = None,
+                activations: dict[str, torch.Tensor] | None = None) -> Path:
+    """Write GGUF-named ``scores`` and ``mask`` (same names and shapes), and optionally per-column
+    ``activations``, to ``path`` atomically.
 
     Non-string metadata values are stored as canonical JSON.
     """
@@ -95,6 +99,10 @@ def save_scores(path: str | Path, scores: dict[str, torch.Tensor], mask: dict[st
                              f"{list(mask[n].shape)}")
         tensors[f"score.{n}"] = scores[n].detach().float().cpu().contiguous()
         tensors[f"mask.{n}"] = mask[n].detach().bool().cpu().contiguous()
+    for n, a in (activations or {}).items():
+        if n not in scores or a.ndim != 1 or a.shape[0] != scores[n].shape[-1]:
+            raise ValueError(f"{n}: activations must be one value per column of a scored tensor")
+        tensors[f"act.{n}"] = a.detach().float().cpu().contiguous()
     meta = {"format": FORMAT, "version": VERSION, **_check_meta(metadata or {})}
     blob = _serialize(tensors, meta)
     path = Path(path)
@@ -138,6 +146,8 @@ def load_scores(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, to
             scores[name] = t
         elif kind == "mask" and name and t.dtype == torch.bool:
             mask[name] = t
+        elif kind == "act" and name and t.dtype == torch.float32:
+            continue  # see load_activations
         else:
             raise InputError(f"{bad} (unexpected tensor {key!r} of type {t.dtype}); the file is "
                              f"damaged or from another tool")
@@ -152,3 +162,12 @@ def load_scores(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, to
     if not scores:
         raise InputError(f"{path} holds no scored tensors")
     return scores, mask, dict(meta)
+
+
+def load_activations(path: str | Path) -> dict[str, torch.Tensor]:
+    """The per-column activation importances of a scores file ({} when it has none)."""
+    from safetensors.torch import load
+
+    load_scores(path)  # validates the file
+    tensors = load(Path(path).read_bytes())
+    return {k[4:]: t for k, t in tensors.items() if k.startswith("act.")}

@@ -42,10 +42,11 @@ class ScoreResult:
     mask: dict[str, torch.Tensor]
     metadata: dict[str, Any]
     summary: dict[str, Any] = field(default_factory=dict)
+    activations: dict[str, torch.Tensor] = field(default_factory=dict)  # E[x²] per column
     path: Path | None = None
 
     def save(self, path: str | os.PathLike) -> Path:
-        self.path = save_scores(path, self.scores, self.mask, self.metadata)
+        self.path = save_scores(path, self.scores, self.mask, self.metadata, self.activations)
         return self.path
 
 
@@ -90,6 +91,7 @@ class _Context:
         self.safety_target, self.progress, self.world = safety_target, progress, world
         self.params = dict(model.named_parameters())
         self.tokens = 0
+        self._act: tuple[dict[str, torch.Tensor], int] | None = None
 
     def param(self, name: str) -> torch.Tensor:
         return self.params[name]
@@ -136,7 +138,12 @@ class _Context:
 
     def activation_squares(self) -> tuple[dict[str, torch.Tensor], int]:
         """Σ x_j² per input column of each scored linear layer over the general-text tokens
-        (padding excluded), and the token count."""
+        (padding excluded), and the token count (computed once per context)."""
+        if self._act is None:
+            self._act = self._activation_squares()
+        return self._act
+
+    def _activation_squares(self) -> tuple[dict[str, torch.Tensor], int]:
         items = self.calib["general_text"].items
         if not items:
             raise InputError("this scorer needs general text (--calib-general); it is 'none'")
@@ -298,6 +305,7 @@ def score_model(model: str | os.PathLike, *, scorer: str = "cwp", protect: float
     try:
         torch.manual_seed(seed)
         hf_scores: dict[str, torch.Tensor] = {}
+        hf_act: dict[str, torch.Tensor] = {}
         tokens = 0
         for group in passes:
             ctx = _Context(hf_model, tok, group, sets, beta=beta, batch_size=batch_size,
@@ -305,6 +313,11 @@ def score_model(model: str | os.PathLike, *, scorer: str = "cwp", protect: float
                            world=world)
             got = sc.fn(ctx)
             hf_scores.update({n: t.detach().float().cpu() for n, t in got.items()})
+            if sets["general_text"].items:
+                # the columns' mean squared activations: the imatrix part of the export's
+                # importance-weighted rounding (a forward pass over the general text)
+                sq, count = ctx.activation_squares()
+                hf_act.update({n: (sq[n] / max(1, count)).cpu() for n in group})
             tokens += ctx.tokens
             del got
         if world.rank != 0:
@@ -314,6 +327,8 @@ def score_model(model: str | os.PathLike, *, scorer: str = "cwp", protect: float
 
     shapes = {n: r.shape for n, r in source.tensors.items()}
     scores = to_gguf_names(adapter, shapes, hf_scores)
+    gguf_name = {s.source: s.name for s in adapter.tensor_specs(shapes) if s.source is not None}
+    act = {gguf_name[n]: a for n, a in hf_act.items()}  # columns keep their order
     mask = global_threshold_mask(scores, protect)
     summ = summary(scores, mask)
     summ["layers"] = layer_summary(summ)
@@ -328,7 +343,7 @@ def score_model(model: str | os.PathLike, *, scorer: str = "cwp", protect: float
         "layers": sorted({_layer_of(n) for n in names if _layer_of(n) is not None}),
         "torch": torch.__version__, "summary": summ,
     }
-    return ScoreResult(scores, mask, meta, summ)
+    return ScoreResult(scores, mask, meta, summ, act)
 
 
 def layer_summary(summ: dict[str, Any]) -> dict[str, dict[str, float]]:
