@@ -10,6 +10,11 @@ kind                   one item                                       languages
 ``refusal_labels``     answer, label (refusal / compliance)           en ko ar (+ more)
 ``general_text``       text                                           en fr nl es tr ko ar
 ``general_instruct``   instruction, response                          en fr nl es tr ko ar
+``stereoset_style``    context with BLANK, stereotype, anti_stereo-   en
+                       type, unrelated fill-ins, target, bias_type
+``bbq_style``          context, question, 3 answers (one unknown),    en nl es tr
+                       label, target_idx, unknown_idx, condition,
+                       polarity
 =====================  =============================================  ==========================
 
 See ``README.md`` beside this file for how they were made and what they are for.
@@ -31,6 +36,10 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "refusal_labels": ("id", "lang", "answer", "label"),
     "general_text": ("id", "lang", "text"),
     "general_instruct": ("id", "lang", "instruction", "response"),
+    "stereoset_style": ("id", "lang", "task", "bias_type", "target", "context", "stereotype",
+                        "anti_stereotype", "unrelated"),
+    "bbq_style": ("id", "lang", "category", "template", "context_condition", "question_polarity",
+                  "context", "question", "answers", "label", "target_idx", "unknown_idx"),
 }
 
 
