@@ -317,8 +317,6 @@ def build_report(run: ValidationRun) -> dict[str, Any]:
 
 _EST = {"$ref": "#/$defs/estimate"}
 _EST_MAP = {"type": "object", "additionalProperties": _EST}
-_COMPARISON = {"type": "object", "required": ["drift", "deltas"],
-               "properties": {"drift": {"$ref": "#/$defs/drift"}, "deltas": _EST_MAP}}
 _NUM_OR_NULL = {"type": ["number", "null"]}
 
 REPORT_SCHEMA: dict[str, Any] = {
