@@ -21,10 +21,18 @@ class ExportResult:
     outdir: Path
     files: list[dict[str, Any]] = field(default_factory=list)
     manifest: Path | None = None
+    protection: Any = None  # protect.export.ProtectedResult of a protected export
 
     @property
     def model_path(self) -> Path:
         return self.outdir / self.files[0]["path"]
+
+    @property
+    def adapter_path(self) -> Path | None:
+        for f in self.files:
+            if f.get("role") == "adapter":
+                return self.outdir / f["path"]
+        return None
 
 
 def resolve_model(model: str | os.PathLike, progress: bool = True) -> str | os.PathLike:
@@ -47,35 +55,76 @@ def prepare_outdir(outdir: str | os.PathLike) -> Path:
     return out
 
 
-def export(model: str | os.PathLike, quant: str = "F16", outdir: str | os.PathLike = "cwp-out",
-           protect: str | float = 0, progress: bool = True,
-           overrides: dict[str, str] | None = None, imatrix: str | os.PathLike | None = None,
-           argv: list[str] | None = None) -> ExportResult:
+def export(model: str | os.PathLike, quant: str | None = None,
+           outdir: str | os.PathLike = "cwp-out", protect: str | float = 0,
+           progress: bool = True, overrides: dict[str, str] | None = None,
+           imatrix: str | os.PathLike | None = None, argv: list[str] | None = None, *,
+           scores: str | os.PathLike | None = None, max_size_increase: str | float = "5%",
+           adapter_type: str = "Q8_0", critical_weight: float | None = None,
+           dry_run: bool = False, ideal: bool = False,
+           score_options: dict[str, Any] | None = None, echo=None) -> ExportResult:
     """Convert ``model`` (folder, hub id or ``builtin:smollm2``) and write GGUF + manifest.
 
-    ``quant``: F32, F16, BF16 or a llama.cpp preset (Q8_0 ... Q2_K); ``overrides``: GGUF tensor
-    name → type; ``imatrix``: a llama.cpp importance-matrix file.
+    ``quant``: F32, F16, BF16 or a llama.cpp preset (Q8_0 ... Q2_K); default Q4_K_M when
+    protecting, F16 otherwise. ``protect``: share of weights to protect (e.g. "1%", the CLI's
+    default; the default here, 0, is a plain conversion). ``overrides``: GGUF tensor name → type; ``imatrix``: a llama.cpp importance-matrix
+    file (plain export). Protection (see :mod:`.protect.export`): ``scores`` reuses a scores file;
+    ``max_size_increase`` bounds model + adapter over the plain preset; ``adapter_type`` stores
+    the adapter's A (Q8_0, F16, F32); ``dry_run`` plans and writes nothing; ``ideal`` writes the
+    unstructured in-memory protection as an F32 model instead; ``score_options`` go to the scorer.
     """
     fraction = parse_fraction(protect)
-    if fraction != 0:
-        raise InputError("critical weight protection is not available yet in this version; use "
-                         "--protect 0 for a plain export")
+    inc = parse_fraction(max_size_increase, "--max-size-increase", upper=10.0)
+    if quant is None:
+        quant = "Q4_K_M" if fraction > 0 else "F16"
+    if fraction == 0 and (scores or dry_run or ideal):
+        raise InputError("--scores, --dry-run and --ideal belong to a protected export; give "
+                         "--protect above 0 (e.g. 1%)")
+    if fraction > 0 and imatrix:
+        raise InputError("--imatrix is for a plain export (--protect 0); a protected export "
+                         "takes its column importance from the calibration activations")
     model = resolve_model(model, progress)
     conv = convert.plan(model, quant, overrides=overrides, imatrix=imatrix)
-    out = prepare_outdir(outdir)
-    path = convert.output_path(out, conv)
-    size, sha = convert.write(conv, path, progress=progress)
-    files = [{"path": path.name, "role": "model", "quant": conv.outtype, "size": size,
-              "sha256": sha}]
+    out = Path(outdir).expanduser() if dry_run else prepare_outdir(outdir)
     source = {"name": conv.source.name, "path": str(conv.source.path),
               "architecture": next(a for a in conv.source.config["architectures"]
                                   if a in conv.adapter.hf_architectures),
               "fingerprint": conv.source.fingerprint(), "n_params": conv.n_params}
-    options = {"quant": conv.outtype, "protect": fraction, "overrides": dict(overrides or {}),
-               "imatrix": str(imatrix) if imatrix else None,
-               "tensor_types": {t.spec.name: t.qtype.name for t in conv.tensors}}
+    options: dict[str, Any] = {"quant": conv.outtype, "protect": fraction,
+                               "overrides": dict(overrides or {}),
+                               "imatrix": str(imatrix) if imatrix else None}
+    if fraction > 0:
+        from .protect.export import CRITICAL_WEIGHT, protected_export
+
+        cw = CRITICAL_WEIGHT if critical_weight is None else float(critical_weight)
+        res = protected_export(conv, out, fraction, scores_path=scores, max_size_increase=inc,
+                               adapter_a_type=adapter_type.upper(), critical_weight=cw,
+                               dry_run=dry_run, ideal=ideal, progress=progress,
+                               score_options=score_options, echo=echo)
+        result = ExportResult(out, res.files, protection=res)
+        if dry_run:
+            return result
+        options.update({"max_size_increase": inc, "scores": str(scores) if scores else None,
+                        "adapter_type": adapter_type.upper(), "critical_weight": cw,
+                        "ideal": ideal, "score_options": _jsonable(score_options or {}),
+                        "tensor_types": dict(sorted(res.plan.types.items())),
+                        "plan": res.plan_path.name if res.plan_path else None})
+        for t in conv.tensors:
+            options["tensor_types"].setdefault(t.spec.name, t.qtype.name)
+        result.manifest = write_manifest(out, res.files, source, options,
+                                         argv if argv is not None else sys.argv)
+        return result
+    path = convert.output_path(out, conv)
+    size, sha = convert.write(conv, path, progress=progress)
+    files = [{"path": path.name, "role": "model", "quant": conv.outtype, "size": size,
+              "sha256": sha}]
+    options["tensor_types"] = {t.spec.name: t.qtype.name for t in conv.tensors}
     manifest = write_manifest(out, files, source, options, argv if argv is not None else sys.argv)
     return ExportResult(out, files, manifest)
+
+
+def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
+    return {k: (list(v) if isinstance(v, tuple) else v) for k, v in d.items()}
 
 
 def score(model: str | os.PathLike, output: str | os.PathLike = "scores.safetensors", *,

@@ -55,31 +55,125 @@ def main() -> None:
     """
 
 
+def _calib_help(kind: str) -> str:
+    return (f"{kind} calibration source: builtin (default), none, a .jsonl file in the probe "
+            f"schema, or NAME=SOURCE for a benchmark file/folder or hf:ORG/NAME dataset. "
+            f"Repeatable.")
+
+
+_SCORING_OPTIONS = [
+    click.option("--scorer", default="cwp", show_default=True, metavar="NAME",
+                 help="cwp, fairness, safety, magnitude, wanda, activation or random."),
+    click.option("--beta", default=1.0, show_default=True, type=float,
+                 help="Weight of the general-language Fisher subtracted in the cwp score."),
+    click.option("--languages", default=None, metavar="LIST",
+                 help="Comma-separated languages for every calibration set (default: fairness "
+                      "en,fr,nl,es,tr; safety en,ko,ar; general all seven)."),
+    click.option("--calib-fairness", multiple=True, metavar="SPEC", help=_calib_help("Fairness")),
+    click.option("--calib-safety", multiple=True, metavar="SPEC", help=_calib_help("Safety")),
+    click.option("--calib-general", multiple=True, metavar="SPEC",
+                 help=_calib_help("General-text")),
+    click.option("--calib-instruct", multiple=True, metavar="SPEC",
+                 help=_calib_help("Instruction/response")),
+    click.option("--safety-target", default="affirmative", show_default=True,
+                 type=click.Choice(["affirmative", "refusal", "both"]),
+                 help="Answer whose NLL is the safety loss."),
+    click.option("--max-per-language", type=int, default=None, metavar="N",
+                 help="Use at most N items per language of each calibration set (quick runs)."),
+    click.option("--batch-size", default=8, show_default=True, type=int,
+                 help="Calibration items per forward/backward pass."),
+    click.option("--seed", default=0, show_default=True, type=int),
+    click.option("--layers", default=None, metavar="LIST",
+                 help="Score only these blocks (e.g. 0-3,7); default all."),
+    click.option("--layers-per-pass", type=int, default=None, metavar="N",
+                 help="Keep accumulators for N blocks at a time (less memory, one data pass "
+                      "each)."),
+    click.option("--device", default=None, metavar="DEV",
+                 help="Scoring device: cpu, cuda or cuda:N (default: cuda when available; under "
+                      "torchrun the local rank's GPU)."),
+    click.option("--chat-template", default=None, metavar="FILE|plain",
+                 help="Jinja chat template for models without one, or 'plain' for plain text."),
+]
+
+
+def _scoring_options(fn):
+    for opt in reversed(_SCORING_OPTIONS):
+        fn = opt(fn)
+    return fn
+
+
+def _score_kwargs(kw: dict) -> dict:
+    """The scorer's keyword arguments from the shared scoring options."""
+    from .options import parse_languages, parse_layers
+
+    calib = {k: list(v) for k, v in (("fairness", kw.pop("calib_fairness")),
+                                      ("safety", kw.pop("calib_safety")),
+                                      ("general_text", kw.pop("calib_general")),
+                                      ("general_instruct", kw.pop("calib_instruct"))) if v}
+    return {"scorer": kw.pop("scorer"), "beta": kw.pop("beta"),
+            "languages": parse_languages(kw.pop("languages")), "calib": calib,
+            "safety_target": kw.pop("safety_target"),
+            "max_per_language": kw.pop("max_per_language"), "batch_size": kw.pop("batch_size"),
+            "seed": kw.pop("seed"), "layers": parse_layers(kw.pop("layers")),
+            "layers_per_pass": kw.pop("layers_per_pass"), "device": kw.pop("device"),
+            "chat_template": kw.pop("chat_template")}
+
+
+def _run(fn):
+    """Run an API call; user errors become one line and a non-zero exit."""
+    try:
+        return fn()
+    except CwpError as e:
+        _fail(e)
+    except KeyboardInterrupt:
+        click.echo("interrupted; no partial output was left behind", err=True)
+        sys.exit(130)
+
+
 @main.command("export")
 @click.argument("model")
-@click.option("-q", "--quant", default="F16", show_default=True, metavar="TYPE",
+@click.option("-q", "--quant", default=None, metavar="TYPE",
               help="F32, F16 or BF16 (every matrix in that type), or a llama.cpp quantization "
                    "preset: Q8_0, Q6_K, Q5_K_M, Q5_K_S, Q4_K_M, Q4_K_S, Q3_K_M, Q2_K (per-tensor "
                    "types exactly as llama-quantize chooses them, incl. its fallbacks for rows "
-                   "that are not a multiple of 256). Norms and other vectors are always F32.")
+                   "that are not a multiple of 256). Norms and other vectors are always F32. "
+                   "Default: Q4_K_M when protecting, F16 with --protect 0.")
+@click.option("--protect", default="1%", show_default=True, metavar="P",
+              help="Share of weights to protect (1%, 0.5%, 0.01); 0 = a plain export.")
+@click.option("--scores", type=click.Path(dir_okay=False), default=None, metavar="FILE",
+              help="Reuse a scores file from cwp-export score (checked against MODEL) instead "
+                   "of scoring.")
+@click.option("--max-size-increase", default="5%", show_default=True, metavar="P",
+              help="Budget for model + adapter over the plain preset's file.")
+@click.option("--adapter-type", default="Q8_0", show_default=True,
+              type=click.Choice(["Q8_0", "F16", "F32"], case_sensitive=False),
+              help="Storage of the adapter's one-hot A (B is F16). Q8_0 restores columns only; "
+                   "F16/F32 also allow rows.")
+@click.option("--critical-weight", default=None, type=float, metavar="W",
+              help="Critical weights weigh 1+W times more in the rounding [default: 100].")
+@click.option("--dry-run", is_flag=True,
+              help="Print the plan, sizes and coverage; write nothing.")
+@click.option("--ideal", is_flag=True,
+              help="Write the unstructured in-memory protection (every critical weight restored) "
+                   "as an F32 GGUF, to measure what the loadable mechanisms give up.")
 @click.option("--tensor-type", "tensor_types", multiple=True, metavar="NAME=TYPE",
               help="Give one tensor another type, by its GGUF name (e.g. "
                    "blk.0.attn_v.weight=Q8_0). Repeatable.")
 @click.option("--imatrix", type=click.Path(dir_okay=False), default=None, metavar="FILE",
-              help="llama.cpp importance matrix (GGUF from llama-imatrix, or legacy .dat): "
-                   "weights the rounding of each column by its importance, like llama-quantize "
+              help="llama.cpp importance matrix (GGUF from llama-imatrix, or legacy .dat) for a "
+                   "plain export: weights the rounding of each column like llama-quantize "
                    "--imatrix.")
 @click.option("-o", "--outdir", default="cwp-out", show_default=True, metavar="DIR",
-              help="Output directory; created if missing. Receives <model-name>-<TYPE>.gguf and "
-                   "manifest.json.")
-@click.option("--protect", default="0", show_default=True, metavar="P",
-              help="Share of weights to protect (1%, 0.5%, 0.01). Protection is not available "
-                   "in this version: only 0 (a plain export) is accepted.")
+              help="Output directory; created if missing. Receives the GGUF file(s), plan.json, "
+                   "scores.safetensors and manifest.json.")
+@_scoring_options
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars on stderr.")
-def export_cmd(model: str, quant: str, tensor_types: tuple[str, ...], imatrix: str | None,
-               outdir: str, protect: str, progress: bool) -> None:
-    """Convert MODEL to GGUF.
+def export_cmd(model: str, quant: str | None, protect: str, scores: str | None,
+               max_size_increase: str, adapter_type: str, critical_weight: float | None,
+               dry_run: bool, ideal: bool, tensor_types: tuple[str, ...], imatrix: str | None,
+               outdir: str, progress: bool, **scoring) -> None:
+    """Convert MODEL to GGUF, protecting its critical weights (default 1%).
 
     MODEL is a local checkpoint folder (config.json, *.safetensors, tokenizer files), a Hugging
     Face hub id already in the local cache (org/name), or builtin:smollm2 / builtin:gemma3-270m
@@ -89,25 +183,25 @@ def export_cmd(model: str, quant: str, tensor_types: tuple[str, ...], imatrix: s
     from .api import export
     from .options import parse_overrides
 
-    try:
-        result = export(model, quant=quant, outdir=outdir, protect=protect, progress=progress,
-                        overrides=parse_overrides(tensor_types), imatrix=imatrix,
-                        argv=["cwp-export", *sys.argv[1:]])
-    except CwpError as e:
-        _fail(e)
-    except KeyboardInterrupt:
-        click.echo("interrupted; no partial output was left behind", err=True)
-        sys.exit(130)
+    result = _run(lambda: export(
+        model, quant=quant, outdir=outdir, protect=protect, progress=progress,
+        overrides=parse_overrides(tensor_types), imatrix=imatrix,
+        argv=["cwp-export", *sys.argv[1:]], scores=scores, max_size_increase=max_size_increase,
+        adapter_type=adapter_type, critical_weight=critical_weight, dry_run=dry_run, ideal=ideal,
+        score_options=_score_kwargs(scoring), echo=click.echo))
+    if dry_run:
+        from .protect.export import format_plan
+
+        p = result.protection
+        click.echo(format_plan(p.plan, p.coverage, {}))
+        click.echo("dry run: nothing written")
+        return
     for f in result.files:
-        click.echo(f"wrote {result.outdir / f['path']} ({f['size'] / 2**20:.1f} MiB, "
-                   f"sha256 {f['sha256'][:16]}…)")
+        sha = f", sha256 {f['sha256'][:16]}…" if f.get("sha256") else ""
+        click.echo(f"wrote {result.outdir / f['path']} ({f['size'] / 2**20:.1f} MiB{sha})")
+    if result.protection is not None and result.protection.plan_path is not None:
+        click.echo(f"wrote {result.protection.plan_path}")
     click.echo(f"wrote {result.manifest}")
-
-
-def _calib_help(kind: str) -> str:
-    return (f"{kind} calibration source: builtin (default), none, a .jsonl file in the probe "
-            f"schema, or NAME=SOURCE for a benchmark file/folder or hf:ORG/NAME dataset. "
-            f"Repeatable.")
 
 
 @main.command("score")
@@ -115,70 +209,25 @@ def _calib_help(kind: str) -> str:
 @click.option("-o", "--output", default="scores.safetensors", show_default=True, metavar="FILE",
               help="Scores file to write (safetensors keyed by GGUF tensor name; reuse it with "
                    "cwp-export MODEL --scores FILE).")
-@click.option("--scorer", default="cwp", show_default=True, metavar="NAME",
-              help="cwp, fairness, safety, magnitude, wanda, activation or random.")
 @click.option("--protect", default="1%", show_default=True, metavar="P",
               help="Share of the scored weights to mark critical (1%, 0.5%, 0.01).")
-@click.option("--beta", default=1.0, show_default=True, type=float,
-              help="Weight of the general-language Fisher subtracted in the cwp score.")
-@click.option("--languages", default=None, metavar="LIST",
-              help="Comma-separated languages for every calibration set (default: fairness "
-                   "en,fr,nl,es,tr; safety en,ko,ar; general all seven).")
-@click.option("--calib-fairness", multiple=True, metavar="SPEC", help=_calib_help("Fairness"))
-@click.option("--calib-safety", multiple=True, metavar="SPEC", help=_calib_help("Safety"))
-@click.option("--calib-general", multiple=True, metavar="SPEC",
-              help=_calib_help("General-text"))
-@click.option("--calib-instruct", multiple=True, metavar="SPEC",
-              help=_calib_help("Instruction/response"))
-@click.option("--safety-target", default="affirmative", show_default=True,
-              type=click.Choice(["affirmative", "refusal", "both"]),
-              help="Answer whose NLL is the safety loss.")
-@click.option("--max-per-language", type=int, default=None, metavar="N",
-              help="Use at most N items per language of each calibration set (quick runs).")
-@click.option("--batch-size", default=8, show_default=True, type=int)
-@click.option("--seed", default=0, show_default=True, type=int)
-@click.option("--layers", default=None, metavar="LIST",
-              help="Score only these blocks (e.g. 0-3,7); default all.")
-@click.option("--layers-per-pass", type=int, default=None, metavar="N",
-              help="Keep accumulators for N blocks at a time (less memory, one data pass each).")
-@click.option("--device", default=None, metavar="DEV",
-              help="cpu, cuda or cuda:N (default: cuda when available, under torchrun the "
-                   "local rank's GPU).")
-@click.option("--chat-template", default=None, metavar="FILE|plain",
-              help="Jinja chat template for models without one, or 'plain' for plain text.")
+@_scoring_options
 @click.option("--progress/--no-progress", default=True, show_default=True)
-def score_cmd(model: str, output: str, scorer: str, protect: str, beta: float,
-              languages: str | None, calib_fairness, calib_safety, calib_general, calib_instruct,
-              safety_target: str, max_per_language: int | None, batch_size: int, seed: int,
-              layers: str | None, layers_per_pass: int | None, device: str | None,
-              chat_template: str | None, progress: bool) -> None:
+def score_cmd(model: str, output: str, protect: str, progress: bool, **scoring) -> None:
     """Compute critical-weight scores of MODEL and write them with the mask.
 
-    Run under torchrun (--nproc-per-node N) for data-parallel scoring.
+    Run under torchrun (--nproc-per-node N) for data-parallel scoring:
+    torchrun --nproc-per-node 2 -m cwp_export.cli score MODEL -o scores.safetensors
     """
     from .api import score
-    from .options import parse_languages, parse_layers
     from .score.pipeline import format_summary
 
-    calib = {k: list(v) for k, v in (("fairness", calib_fairness), ("safety", calib_safety),
-                                      ("general_text", calib_general),
-                                      ("general_instruct", calib_instruct)) if v}
-    try:
-        result = score(model, output, protect=protect, progress=progress, scorer=scorer,
-                       beta=beta, languages=parse_languages(languages), calib=calib,
-                       safety_target=safety_target, max_per_language=max_per_language,
-                       batch_size=batch_size, seed=seed, layers=parse_layers(layers),
-                       layers_per_pass=layers_per_pass, device=device,
-                       chat_template=chat_template)
-    except CwpError as e:
-        _fail(e)
-    except KeyboardInterrupt:
-        click.echo("interrupted; no partial output was left behind", err=True)
-        sys.exit(130)
+    kw = _score_kwargs(scoring)
+    result = _run(lambda: score(model, output, protect=protect, progress=progress, **kw))
     if result is None:  # a non-zero torchrun rank: rank 0 reports
         return
     click.echo(format_summary(result.summary))
-    click.echo(f"wrote {result.path} (scorer {scorer}, "
+    click.echo(f"wrote {result.path} (scorer {kw['scorer']}, "
                f"{result.metadata['calibration_tokens']:,} calibration tokens)")
 
 

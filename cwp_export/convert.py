@@ -42,11 +42,21 @@ def output_types() -> list[str]:
     return [*FLOAT_TYPES, *presets.PRESETS]
 
 
+# (first row of the chunk, the chunk's float32 values, its encoded bytes) → bytes to write
+# instead, or None to write the encoded bytes
+ChunkHook = Callable[[int, torch.Tensor, bytes], "bytes | None"]
+
+
 @dataclass(frozen=True)
 class PlannedTensor:
     spec: TensorSpec
-    qtype: quant.QuantType
+    qtype: quant.QuantType                # the type written to the file
     importance: np.ndarray | None = None  # per column (imatrix), or None
+    # per element: (first row, end row) → [rows, row length] rounding weights (overrides the
+    # per-column importance)
+    element_importance: Callable[[int, int], torch.Tensor] | None = None
+    encode_type: quant.QuantType | None = None  # encode with this type (default: qtype)
+    on_chunk: ChunkHook | None = None
 
 
 @dataclass
@@ -147,12 +157,18 @@ def _producer(source: ModelSource, t: PlannedTensor) -> Callable[[], Iterator[by
         importance = None if t.importance is None else torch.from_numpy(t.importance)
         rows = x.reshape(-1, x.shape[-1]) if x.ndim > 1 else x.reshape(1, -1)
         step = max(1, CHUNK_ELEMENTS // max(1, rows.shape[1]))
+        enc = t.encode_type or t.qtype
         for i in range(0, rows.shape[0], step):
             chunk = rows[i:i + step]
             quant.check_finite(label, chunk)
-            if t.qtype.name == "F16":
+            if enc.name == "F16":
                 quant.check_f16_range(label, chunk)
-            yield t.qtype.encode(chunk, importance)
+            imp = importance if t.element_importance is None \
+                else t.element_importance(i, i + chunk.shape[0])
+            blob = enc.encode(chunk, imp)
+            if t.on_chunk is not None:
+                blob = t.on_chunk(i, chunk, blob) or blob
+            yield blob
 
     return produce
 

@@ -7,17 +7,18 @@ import math
 from .errors import InputError
 
 
-def parse_fraction(text: str | float, option: str = "--protect") -> float:
-    """'1%' → 0.01, '0.5%' → 0.005, '0.01' → 0.01; refuses negatives, > 100% and junk."""
+def parse_fraction(text: str | float, option: str = "--protect", upper: float = 1.0) -> float:
+    """'1%' → 0.01, '0.5%' → 0.005, '0.01' → 0.01; refuses negatives, > ``upper`` (100%) and
+    junk."""
     raw = str(text).strip()
     try:
         value = float(raw[:-1]) / 100.0 if raw.endswith("%") else float(raw)
     except ValueError:
         raise InputError(f"{option} {raw!r} is not a number; write a percentage like 1% or a "
                          f"fraction like 0.01") from None
-    if math.isnan(value) or value < 0 or value > 1:
-        raise InputError(f"{option} {raw!r} is outside 0%..100%; write a percentage like 1% or a "
-                         f"fraction like 0.01")
+    if math.isnan(value) or value < 0 or value > upper:
+        raise InputError(f"{option} {raw!r} is outside 0%..{100 * upper:g}%; write a percentage "
+                         f"like 1% or a fraction like 0.01")
     return value
 
 
