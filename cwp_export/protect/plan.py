@@ -31,8 +31,10 @@ from gguf import GGML_QUANT_SIZES, GGMLQuantizationType
 
 from ..errors import InputError
 
-# Types a tensor may be raised through, lowest first. A step goes to the next one whose block
-# fits the row length and that has more bits than the current type.
+# Types a tensor may be raised through, in order of quality (error on the same data). A step
+# goes to the next one that fits the row length, has more bits than the current type, and is
+# not dominated (no better type that fits costs the same or fewer bits: with 256-multiple rows
+# Q5_K makes Q5_0/Q5_1 pointless).
 LADDER = ("Q2_K", "Q3_K", "Q4_0", "Q4_1", "Q4_K", "Q5_0", "Q5_1", "Q5_K", "Q6_K", "Q8_0", "F16")
 
 
@@ -53,9 +55,14 @@ def _fits(type_name: str, row: int) -> bool:
 def next_type(current: str, row: int) -> str | None:
     """The next type up the ladder for rows of length ``row`` (None at the top)."""
     bpw = bits_per_weight(current)
-    for t in LADDER:
-        if bits_per_weight(t) > bpw and _fits(t, row):
-            return t
+    fitting = [t for t in LADDER if _fits(t, row)]
+    start = LADDER.index(current) + 1 if current in LADDER else 0
+    for k, t in enumerate(fitting):
+        if LADDER.index(t) < start or bits_per_weight(t) <= bpw:
+            continue
+        if any(bits_per_weight(u) <= bits_per_weight(t) for u in fitting[k + 1:]):
+            continue  # dominated by a better type of no more bits
+        return t
     return None
 
 
