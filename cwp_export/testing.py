@@ -284,6 +284,14 @@ def kl_divergence(reference: str | Path, candidate: str | Path, text: str, n_ctx
     """Mean KL(reference ‖ candidate) per token over chunks of ``text``, through llama-cpp-python
     (F32 KV cache), the way llama-perplexity --kl-divergence scores a quantized model: both models
     see the same token chunks; the second half of each chunk is scored."""
+    return kl_divergences(reference, {"candidate": (candidate, lora)}, text, n_ctx,
+                          max_chunks)["candidate"]
+
+
+def kl_divergences(reference: str | Path, candidates: dict[str, tuple[str | Path, str | Path | None]],
+                   text: str, n_ctx: int = 256, max_chunks: int = 8) -> dict[str, dict[str, float]]:
+    """:func:`kl_divergence` for several ``{name: (model, lora or None)}`` candidates against one
+    reference, whose logits are computed once."""
     import llama_cpp
     import numpy as np
     import torch
@@ -293,6 +301,8 @@ def kl_divergence(reference: str | Path, candidate: str | Path, text: str, n_ctx
         llm = llama_cpp.Llama(model_path=str(path), n_ctx=n_ctx, n_batch=n_ctx, logits_all=True,
                               verbose=False, n_threads=2, type_k=0, type_v=0, **kw)
         try:
+            if lora_path and not llm._lora_adapter:  # llama.cpp refused it; decoding would crash
+                raise RuntimeError(f"llama.cpp did not load the adapter {lora_path}")
             out = []
             for ids in ids_chunks:
                 llm.reset()
@@ -309,15 +319,19 @@ def kl_divergence(reference: str | Path, candidate: str | Path, text: str, n_ctx
     chunks = [ids[i:i + n_ctx] for i in range(0, len(ids) - n_ctx + 1, n_ctx)][:max_chunks]
     if not chunks:
         raise ValueError(f"text too short: {len(ids)} tokens for one chunk of {n_ctx}")
-    ref, cand = logits(reference, chunks), logits(candidate, chunks, lora)
-    kls, same_top = [], []
-    for r, c in zip(ref, cand):
-        lr, lc = torch.log_softmax(r, -1), torch.log_softmax(c, -1)
-        kls.append((lr.exp() * (lr - lc)).sum(-1))
-        same_top.append((r.argmax(-1) == c.argmax(-1)).float())
-    kl = torch.cat(kls)
-    return {"mean_kld": kl.mean().item(), "max_kld": kl.max().item(),
-            "same_top1": torch.cat(same_top).mean().item(), "n_tokens": int(kl.numel())}
+    ref = [torch.log_softmax(r, -1) for r in logits(reference, chunks)]
+    results = {}
+    for name, (path, lora) in candidates.items():
+        kls, same_top = [], []
+        for lr, c in zip(ref, logits(path, chunks, lora)):
+            lc = torch.log_softmax(c, -1)
+            kls.append((lr.exp() * (lr - lc)).sum(-1))
+            same_top.append((lr.argmax(-1) == c.argmax(-1)).float())
+        kl = torch.cat(kls)
+        results[name] = {"mean_kld": kl.mean().item(), "max_kld": kl.max().item(),
+                         "same_top1": torch.cat(same_top).mean().item(),
+                         "n_tokens": int(kl.numel())}
+    return results
 
 
 def llamacpp_quantize(src: str | Path, dst: str | Path, preset: str, nthread: int = 2) -> Path:
