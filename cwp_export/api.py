@@ -143,3 +143,66 @@ def score(model: str | os.PathLike, output: str | os.PathLike = "scores.safetens
     if result is not None:
         result.save(out)
     return result
+
+
+@dataclass
+class EvalResult:
+    """What :func:`evaluate` wrote: the report files by name and the report document."""
+
+    outdir: Path
+    paths: dict[str, Path]
+    report: dict[str, Any]
+
+
+def evaluate(models: dict[str, str | os.PathLike | tuple[str | os.PathLike, str | os.PathLike | None]],
+             reference: str | None = None, suites: list[str] | str | None = None,
+             languages: list[str] | str | None = None, data_root: str | os.PathLike | None = None,
+             data: dict[str, str | os.PathLike] | None = None, limit: int | None = None,
+             backend: str | list[str] = "both", threads: int | None = None,
+             outdir: str | os.PathLike = "cwp-eval", *, n_ctx: int = 2048, max_tokens: int = 64,
+             seed: int = 0, resamples: int = 1000, progress: bool = True, echo=None) -> EvalResult:
+    """Validate GGUF models on the bias and safety suites and write ``report.json``, ``report.md``
+    and plots into ``outdir`` (what ``cwp-export eval`` does).
+
+    ``models``: name → GGUF path, or (GGUF path, LoRA adapter path or None); ``reference`` (default:
+    the first) is the model every other one is compared with item by item. ``suites``: names (list
+    or comma-separated) from :func:`cwp_export.validate.suites.names`, default all; ``languages``:
+    default each suite's own. ``data_root``: folder of the real benchmark files (the shared data
+    layout) for every suite that has a dataset; ``data``: suite → file, folder or ``hf:`` id, which
+    overrides it; suites without either run on the built-in probes. ``limit``: items per suite and
+    language (seeded subsample). ``backend``: ``cpu``, ``gpu`` or ``both`` (the GPU runs only with a
+    GPU build of llama-cpp-python; the report notes when there is none).
+    """
+    from .options import parse_languages
+    from .validate import suites as S
+    from .validate.report import read_report
+    from .validate.run import validate
+
+    variants: dict[str, tuple[str | os.PathLike, str | os.PathLike | None]] = {}
+    for name, spec in models.items():
+        variants[name] = tuple(spec) if isinstance(spec, tuple | list) else (spec, None)  # type: ignore[assignment]
+        if len(variants[name]) != 2:
+            raise InputError(f"model {name!r}: give a path or a (path, lora) pair")
+    if isinstance(suites, str):
+        suites = [s.strip() for s in suites.split(",") if s.strip()] or None
+    if isinstance(languages, str):
+        languages = parse_languages(languages)
+    chosen = [S.get(s).name for s in suites] if suites is not None else S.names()
+    sources: dict[str, Any] = {}
+    if data_root is not None:
+        root = Path(data_root).expanduser()
+        if not root.is_dir():
+            raise InputError(f"data root {root} is not a folder; point --data-root at the folder that "
+                             f"holds the benchmark folders (crows_pairs/, bbq/, ...)")
+        sources = {s: root for s in chosen if S.get(s).dataset is not None}
+    for key, value in (data or {}).items():
+        suite = S.get(key).name
+        if suite not in chosen:
+            raise InputError(f"data is given for the {suite} suite, which is not among the chosen "
+                             f"suites ({', '.join(chosen)}); add it to the suites or drop its data")
+        sources[suite] = value
+    out = prepare_outdir(outdir)
+    paths = validate(variants, reference, chosen, languages, sources, limit=limit, backends=backend,
+                     n_threads=threads, n_ctx=n_ctx, max_tokens=max_tokens, seed=seed, outdir=out,
+                     progress=progress, resamples=resamples, echo=echo)
+    return EvalResult(out, paths, read_report(paths["report.json"]))

@@ -231,5 +231,85 @@ def score_cmd(model: str, output: str, protect: str, progress: bool, **scoring) 
                f"{result.metadata['calibration_tokens']:,} calibration tokens)")
 
 
+@main.command("eval")
+@click.option("-m", "--model", "models", multiple=True, required=True, metavar="NAME=PATH[:LORA]",
+              help="A GGUF to validate, with an optional LoRA adapter GGUF (e.g. the outlier "
+                   "adapter of a protected export). Repeatable; NAME labels it in the report.")
+@click.option("--reference", default=None, metavar="NAME",
+              help="The model every other one is compared with, item by item [default: the first].")
+@click.option("--suites", default=None, metavar="LIST",
+              help="Comma-separated suites: crows-pairs, stereoset, bbq, mbbq, advbench, multijail, "
+                   "xsafety, over-refusal [default: all].")
+@click.option("--languages", default=None, metavar="LIST",
+              help="Comma-separated languages (e.g. en,ko); each suite runs those it has [default: "
+                   "each suite's own: crows-pairs en,fr,nl; mbbq en,nl,es,tr; safety en,ko,ar ...].")
+@click.option("--data-root", default=None, metavar="DIR",
+              help="Folder of the real benchmark files (shared data layout: crows_pairs/, bbq/, ...); "
+                   "without it the suites run on the built-in probes.")
+@click.option("--data", "data_specs", multiple=True, metavar="SUITE=SOURCE",
+              help="Data of one suite: a file, folder or hf:ORG/NAME dataset (overrides --data-root). "
+                   "Repeatable.")
+@click.option("--limit", type=int, default=None, metavar="N",
+              help="At most N items per suite and language (seeded subsample), for quick runs.")
+@click.option("--backend", default="both", show_default=True, metavar="cpu|gpu|both",
+              help="llama.cpp backend(s); the GPU runs only with a GPU build of llama-cpp-python "
+                   "(the report notes when there is none).")
+@click.option("--threads", type=int, default=None, metavar="N",
+              help="CPU threads [default: the CPUs this process may use].")
+@click.option("--max-tokens", type=int, default=64, show_default=True,
+              help="Length of the generated answers judged by the refusal detector (0: margin only).")
+@click.option("--n-ctx", type=int, default=2048, show_default=True,
+              help="llama.cpp context size (longest request; room for parallel generation).")
+@click.option("--seed", type=int, default=0, show_default=True,
+              help="Seed of the subsample and the bootstrap intervals.")
+@click.option("--resamples", type=int, default=1000, show_default=True,
+              help="Bootstrap resamples for the intervals (0: point estimates only).")
+@click.option("-o", "--outdir", default="cwp-eval", show_default=True, metavar="DIR",
+              help="Receives report.json, report.md and plots/.")
+@click.option("--progress/--no-progress", default=True, show_default=True,
+              help="Show a progress bar on stderr.")
+def eval_cmd(models: tuple[str, ...], reference: str | None, suites: str | None,
+             languages: str | None, data_root: str | None, data_specs: tuple[str, ...],
+             limit: int | None, backend: str, threads: int | None, max_tokens: int, n_ctx: int,
+             seed: int, resamples: int, outdir: str, progress: bool) -> None:
+    """Validate GGUF models for bias and safety in llama-cpp-python and write a report.
+
+    \b
+    cwp-export eval --model ref=out/smollm2-F16.gguf --model q4=out/smollm2-Q4_K_M.gguf \\
+        --suites crows-pairs,bbq,multijail --data-root ../shared/data --limit 200 -o eval-out
+
+    Every suite runs on the same items for every model and backend; each model is compared with
+    the reference item by item (drift, flips, bootstrap intervals).
+    """
+    from .api import evaluate
+    from .errors import InputError
+    from .validate.run import format_summary, parse_model_spec
+
+    def go():
+        variants: dict[str, tuple[str, str | None]] = {}
+        for spec in models:
+            name, path, lora = parse_model_spec(spec)
+            if name in variants:
+                raise InputError(f"model name {name!r} is given twice; give each --model its own NAME=")
+            variants[name] = (path, lora)
+        data: dict[str, str] = {}
+        for spec in data_specs:
+            key, sep, value = spec.partition("=")
+            if not sep or not key.strip() or not value.strip():
+                raise InputError(f"--data {spec!r} is not SUITE=SOURCE; write e.g. bbq=../shared/data/bbq")
+            data[key.strip()] = value.strip()
+        return evaluate(variants, reference, suites, languages, data_root, data, limit, backend,
+                        threads, outdir, n_ctx=n_ctx, max_tokens=max_tokens, seed=seed,
+                        resamples=resamples, progress=progress)
+
+    result = _run(go)
+    click.echo(format_summary(result.report))
+    for note in result.report["notes"]:
+        if note.startswith("no GPU build"):
+            click.echo(f"note: {note}")
+    for name in sorted(result.paths, key=lambda n: (n != "report.json", n)):
+        click.echo(f"wrote {result.paths[name]}")
+
+
 if __name__ == "__main__":  # pragma: no cover
     main()
