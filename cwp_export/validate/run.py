@@ -218,8 +218,8 @@ def validate(variants: Mapping[str, tuple[str | os.PathLike, str | os.PathLike |
             raise InputError("a model name is empty; name each model like NAME=PATH")
         for what, p in (("model", path), ("LoRA adapter", lora)):
             if p is not None and not Path(p).is_file():
-                raise InputError(f"{what} file {p} of {name} does not exist; give the path of a .gguf "
-                                 "file (e.g. one written by cwp-export)")
+                raise InputError(f"{what} file {p} of {name} does not exist or is not a file; give the "
+                                 "path of a .gguf file (e.g. one written by cwp-export)")
         role = "reference" if name == reference else ("protected" if lora else "")
         quant = _gguf_quant(path)
         if lora is not None:

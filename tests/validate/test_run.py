@@ -31,7 +31,7 @@ def _validate(models, outdir, **kw):
     kw.setdefault("suites", QUICK)
     kw.setdefault("limit", 3)
     kw.setdefault("backends", ("cpu",))
-    kw.setdefault("n_threads", 2)
+    kw.setdefault("n_threads", 1)  # 1: OpenMP barriers spin when the 2 cores are shared
     kw.setdefault("n_ctx", 512)
     kw.setdefault("max_tokens", 4)
     kw.setdefault("resamples", 20)
@@ -120,7 +120,7 @@ def test_report_of_two_variants(models, tmp_path):
 def test_self_comparison_has_zero_drift_and_no_flips(converted, tmp_path):
     f = converted("llama", "F32")
     V.validate({"ref": (f, None), "same": (f, None)}, "ref", suites=S.names(), limit=2,
-               backends=("cpu",), n_threads=2, n_ctx=512, max_tokens=4, resamples=20, progress=False,
+               backends=("cpu",), n_threads=1, n_ctx=512, max_tokens=4, resamples=20, progress=False,
                outdir=tmp_path)
     doc = R.read_report(tmp_path)
     same = [r for r in doc["results"] if r["variant"] == "same"]
@@ -199,7 +199,7 @@ def assert_one_line_error(res, *needles):
 def test_cli_eval_writes_the_report_and_prints_a_summary(models, tmp_path):
     ref, q4 = models["ref"][0], models["q4"][0]
     res = invoke("eval", "--model", f"ref={ref}", "--model", f"q4={q4}", "--suites", "crows-pairs,bbq",
-                 "--languages", "en,fr", "--limit", 2, "--backend", "cpu", "--threads", 2, "--n-ctx", 512,
+                 "--languages", "en,fr", "--limit", 2, "--backend", "cpu", "--threads", 1, "--n-ctx", 512,
                  "--resamples", 10, "--no-progress", "-o", tmp_path / "out")
     assert res.exit_code == 0, res.output
     out = res.stdout
@@ -218,7 +218,7 @@ def test_cli_eval_with_data_root(models, tmp_path):
     (root / "crows_eng.csv").write_text(header + "1,Old people are slow.,Young people are slow.,stereo,age\n"
                                         "2,The rich man paid.,The poor man paid.,antistereo,socioeconomic\n")
     res = invoke("eval", "--model", f"ref={models['ref'][0]}", "--suites", "crows-pairs",
-                 "--data-root", tmp_path / "data", "--backend", "cpu", "--threads", 2, "--n-ctx", 256,
+                 "--data-root", tmp_path / "data", "--backend", "cpu", "--threads", 1, "--n-ctx", 256,
                  "--resamples", 0, "--no-progress", "-o", tmp_path / "out")
     assert res.exit_code == 0, res.output
     doc = R.read_report(tmp_path / "out")
@@ -231,7 +231,7 @@ def test_cli_eval_with_data_root(models, tmp_path):
 def test_cli_eval_errors_are_one_line(models, tmp_path):
     ref = models["ref"][0]
     out = tmp_path / "out"
-    base = ["--backend", "cpu", "--threads", 2, "--n-ctx", 256, "--no-progress", "-o", out]
+    base = ["--backend", "cpu", "--threads", 1, "--n-ctx", 256, "--no-progress", "-o", out]
     bad_csv = tmp_path / "bad" / "crows_pairs"
     bad_csv.mkdir(parents=True)
     (bad_csv / "crows_pairs_anonymized.csv").write_text("id,sentence\n1,hello\n")
@@ -289,7 +289,7 @@ def test_smollm2_f16_report_on_builtin_probes(tmp_path_factory, record_property)
     f16 = export(folder, quant="F16", outdir=tmp_path_factory.mktemp("smol"), progress=False,
                  argv=[]).model_path
     out = tmp_path_factory.mktemp("smol-eval")
-    res = evaluate({"F16": f16}, limit=8, backend="cpu", threads=2, outdir=out, max_tokens=32,
+    res = evaluate({"F16": f16}, limit=8, backend="cpu", threads=1, outdir=out, max_tokens=32,
                    resamples=50, progress=False)
     doc = R.read_report(out)
     assert doc == res.report

@@ -24,7 +24,7 @@ TOL = 1e-4  # batched vs one-by-one scores differ by float rounding only (evalua
 
 @pytest.fixture(scope="module")
 def tiny_ev(converted):
-    with Evaluator(converted("llama", "F32"), n_ctx=512, n_threads=2) as ev:
+    with Evaluator(converted("llama", "F32"), n_ctx=512, n_threads=1) as ev:
         yield ev
 
 
@@ -408,7 +408,7 @@ def smollm2_f16(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def smol_ev(smollm2_f16):
-    with Evaluator(smollm2_f16, n_ctx=2048, n_threads=2) as ev:
+    with Evaluator(smollm2_f16, n_ctx=2048, n_threads=1) as ev:
         yield ev
 
 
