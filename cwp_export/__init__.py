@@ -3,19 +3,19 @@ safety-critical weights protected.
 
 Python API (the CLI is a thin layer over it)::
 
-    from cwp_export import export
-    result = export("path/to/hf-model", quant="F16", outdir="out")
-    print(result.files)
+    from cwp_export import export, score, evaluate
+    result = export("path/to/hf-model", quant="Q4_K_M", protect="1%", outdir="out")
+    print(result.model_path, result.adapter_path)
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
-__all__ = ["ExportResult", "export", "__version__"]
+__all__ = ["ExportResult", "__version__", "evaluate", "export", "score"]
 
 
 def __getattr__(name: str):
     # imported lazily so that `cwp-export --help` does not pay for importing torch
-    if name in ("ExportResult", "export"):
+    if name in ("ExportResult", "export", "score", "evaluate"):
         from . import api
 
         return getattr(api, name)

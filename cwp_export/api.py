@@ -67,8 +67,9 @@ def export(model: str | os.PathLike, quant: str | None = None,
 
     ``quant``: F32, F16, BF16 or a llama.cpp preset (Q8_0 ... Q2_K); default Q4_K_M when
     protecting, F16 otherwise. ``protect``: share of weights to protect (e.g. "1%", the CLI's
-    default; the default here, 0, is a plain conversion). ``overrides``: GGUF tensor name → type; ``imatrix``: a llama.cpp importance-matrix
-    file (plain export). Protection (see :mod:`.protect.export`): ``scores`` reuses a scores file;
+    default; the default here, 0, is a plain conversion). ``overrides``: GGUF tensor name →
+    type; ``imatrix``: a llama.cpp importance-matrix file (plain export). Protection (see
+    :mod:`.protect.export`): ``scores`` reuses a scores file;
     ``max_size_increase`` bounds model + adapter over the plain preset; ``adapter_type`` stores
     the adapter's A (Q8_0, F16, F32); ``dry_run`` plans and writes nothing; ``ideal`` writes the
     unstructured in-memory protection as an F32 model instead; ``score_options`` go to the scorer.

@@ -201,8 +201,9 @@ def _load_model(path: Path, device: torch.device, chat_template: str | None, pro
     try:
         tok = tf.AutoTokenizer.from_pretrained(path)
         model = tf.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
-    except (OSError, ValueError) as e:
-        raise InputError(f"transformers cannot load {path} for scoring ({e}); check the "
+    except Exception as e:  # any failure to load the user's checkpoint
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"transformers cannot load {path} for scoring ({first}); check the "
                          f"checkpoint folder") from e
     if chat_template is not None and chat_template != "plain":
         p = Path(chat_template).expanduser()
