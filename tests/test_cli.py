@@ -462,7 +462,7 @@ main(args=sys.argv[2:], prog_name="cwp-export")
 def test_sigint_while_writing_leaves_nothing(model: Path, out: Path, tmp_path: Path) -> None:
     ready = tmp_path / "ready"
     proc = subprocess.Popen([sys.executable, "-c", _PAUSING_CLI, str(ready), str(model), "-o",
-                             str(out), "--no-progress"], cwd=tmp_path, env=_env(),
+                             str(out), "--no-progress", "--protect", "0"], cwd=tmp_path, env=_env(),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 120
