@@ -33,6 +33,8 @@ def build_tools(targets: tuple[str, ...] = TARGETS) -> Path:
     missing = [t for t in targets if not (final / t).is_file()]
     if not missing:
         return final
+    # the folder is rebuilt whole: keep the tools already there
+    targets = tuple(dict.fromkeys([*targets, *(t for t in TARGETS if (final / t).is_file())]))
 
     def build(out: Path) -> str:
         work = out.parent
