@@ -19,20 +19,28 @@ decodes one sequence at a time:
 
 Scores from a batch equal one-by-one scores up to float rounding: a request's attention sums
 run over other KV cells (masked ones add exact zeros, but the summation grouping changes). With
-F32 weights that is ~1e-6 nats per request (SmolLM2, F32 cache). With F16 or quantized weights
+F32 weights that stays below 1e-4 nats per request (measured on SmolLM2 with the F32 cache:
+7e-5 for requests of up to ~60 tokens). With F16 or quantized weights
 llama.cpp's CPU kernels round the activations to F16 / 8 bits before each matrix product, and a
-last-bit change can flip such a rounding: the same request then moves by up to ~5e-3 nats
-between batch layouts. That is the resolution of paired comparisons on such files; the order
-and grouping are deterministic, so the same requests always give the same scores.
+last-bit change can flip such a rounding, and the flips add up along a request: on SmolLM2 F16
+a request moves by ~3e-4 nats per token between batch layouts (0.05 nats for a 155-token
+answer). That is the resolution of paired comparisons on such files (llama.cpp's own F16 CPU
+path differs from transformers by up to 0.016 nats per token); the order and grouping are
+deterministic, so the same list of requests always gives the same scores.
 
-Tokenization follows lm-evaluation-harness: trailing spaces of the context move to the
-continuation; context + continuation are tokenized jointly and the continuation's tokens are
-those after the context's own tokens; a BOS token is added when the GGUF says so
+Tokenization follows lm-evaluation-harness: trailing whitespace of the context (a chat prompt's
+final newline too) moves to the continuation; context + continuation are tokenized jointly and
+the continuation's tokens are those after the context's own tokens; a BOS token is added when
+the GGUF says so
 (``tokenizer.ggml.add_bos_token``); an empty context is replaced by the BOS token (or EOS when the
 vocabulary has no BOS). Special-token text (``<|im_start|>``) is parsed as the special token, as
 Hugging Face tokenizers do. A request longer than ``n_ctx`` keeps its last ``n_ctx`` input
 tokens (left truncation, as lm-evaluation-harness does; ``LogLik.truncated`` says so); a
 continuation that alone is longer than ``n_ctx`` is refused with an :class:`InputError`.
+
+Generation is greedy (argmax, first index on ties): prompts are prefilled together (shared
+prefixes once, e.g. a chat template's system turn), then every unfinished sequence advances by
+one token per ``llama_decode`` until an end-of-generation token or ``max_tokens``.
 """
 
 from __future__ import annotations

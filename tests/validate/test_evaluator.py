@@ -210,13 +210,16 @@ def test_long_requests_are_left_truncated(tiny):
             e.loglik_tokens([(ctx[:1], ctx[1:18])])
 
 
-def test_generation_matches_transformers_and_is_deterministic(ev, tiny_hf):
+def test_generation_matches_transformers_and_is_deterministic(tiny, ev, tiny_hf):
     tok, model = tiny_hf
     prompts = [PROMPTS["en"], PROMPTS["ko"], "Les enfants", PROMPTS["en"]]
+    small = Evaluator(tiny[1], n_ctx=256, n_batch=16, n_seq_max=3, n_threads=2)
     for chat in (False, True):
         got = ev.generate_tokens(prompts, max_tokens=12, chat=chat)
         assert got == ev.generate_tokens(prompts, max_tokens=12, chat=chat)  # deterministic
         assert got == [ev.generate_tokens([p], max_tokens=12, chat=chat)[0] for p in prompts]
+        # several groups, prompts prefilled over several decodes with shared-prefix tokens
+        assert got == small.generate_tokens(prompts, max_tokens=12, chat=chat)
         for p, g in zip(prompts, got):
             if chat:
                 text = tok.apply_chat_template([{"role": "user", "content": p}], tokenize=False,
@@ -229,6 +232,7 @@ def test_generation_matches_transformers_and_is_deterministic(ev, tiny_hf):
             assert g == hf_greedy(model, ids, 12, ev.eog_tokens), (chat, p)
         texts = ev.generate(prompts, max_tokens=12, chat=chat)
         assert texts == [ev.detokenize(g) for g in got]
+    small.close()
 
 
 def test_lora_adapter_is_applied(tiny, tiny_hf, tmp_path):
