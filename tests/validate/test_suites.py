@@ -412,8 +412,13 @@ def smol_ev(smollm2_f16):
         yield ev
 
 
+#: one suite per built-in probe set (bbq's probes are mbbq's English ones; the three safety
+#: suites share the safety probes)
+_PROBE_SUITES = ["crows-pairs", "stereoset", "mbbq", "advbench", "over-refusal"]
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("name", S.names())
+@pytest.mark.parametrize("name", _PROBE_SUITES)
 def test_smollm2_every_suite_on_builtin_probes(smol_ev, name, record_property):
     suite = S.get(name)
     items = suite.load(None, limit=12)
@@ -423,7 +428,7 @@ def test_smollm2_every_suite_on_builtin_probes(smol_ev, name, record_property):
     assert sc.counts["n"] == len(items)
     if suite.kind == "triplets":
         assert sc.metrics["lms"].value > 60  # a real model prefers meaningful sentences
-    if name in ("advbench", "multijail", "xsafety"):
+    if name == "advbench":
         en = [r for r in res if r.lang == "en"]
         assert sum(r.preference > 0 for r in en) > 0 or any(r.response for r in en)
 
