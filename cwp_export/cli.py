@@ -222,7 +222,7 @@ def score_cmd(model: str, output: str, protect: str, progress: bool, **scoring) 
     from .api import score
     from .score.pipeline import format_summary
 
-    kw = _score_kwargs(scoring)
+    kw = _run(lambda: _score_kwargs(scoring))
     result = _run(lambda: score(model, output, protect=protect, progress=progress, **kw))
     if result is None:  # a non-zero torchrun rank: rank 0 reports
         return
