@@ -22,6 +22,7 @@ class ExportResult:
     files: list[dict[str, Any]] = field(default_factory=list)
     manifest: Path | None = None
     protection: Any = None  # protect.export.ProtectedResult of a protected export
+    quant: str | None = None  # the type or preset written (e.g. Q4_K_M)
 
     @property
     def model_path(self) -> Path:
@@ -102,7 +103,7 @@ def export(model: str | os.PathLike, quant: str | None = None,
                                adapter_a_type=adapter_type.upper(), critical_weight=cw,
                                dry_run=dry_run, ideal=ideal, progress=progress,
                                score_options=score_options, echo=echo)
-        result = ExportResult(out, res.files, protection=res)
+        result = ExportResult(out, res.files, protection=res, quant=conv.outtype)
         if dry_run:
             return result
         options.update({"max_size_increase": inc, "scores": str(scores) if scores else None,
@@ -121,7 +122,7 @@ def export(model: str | os.PathLike, quant: str | None = None,
               "sha256": sha}]
     options["tensor_types"] = {t.spec.name: t.qtype.name for t in conv.tensors}
     manifest = write_manifest(out, files, source, options, argv if argv is not None else sys.argv)
-    return ExportResult(out, files, manifest)
+    return ExportResult(out, files, manifest, quant=conv.outtype)
 
 
 def _jsonable(d: dict[str, Any]) -> dict[str, Any]:
@@ -207,3 +208,33 @@ def evaluate(models: dict[str, str | os.PathLike | tuple[str | os.PathLike, str 
                      n_threads=threads, n_ctx=n_ctx, max_tokens=max_tokens, seed=seed, outdir=out,
                      progress=progress, resamples=resamples, echo=echo)
     return EvalResult(out, paths, read_report(paths["report.json"]))
+
+
+def validate_export(model: str | os.PathLike, result: ExportResult, *,
+                    suites: list[str] | str | None = None, languages: list[str] | str | None = None,
+                    data_root: str | os.PathLike | None = None, limit: int | None = None,
+                    backend: str | list[str] = "both", threads: int | None = None,
+                    progress: bool = True, echo=None, **eval_options: Any) -> EvalResult:
+    """What ``cwp-export MODEL --validate`` does after the export: write the unquantized reference
+    (F16) and the plain preset of the same type into ``OUTDIR/validation/{reference,plain}/``, then
+    run the bias and safety suites on the reference, the plain preset and the export (model +
+    outlier adapter), side by side, into ``OUTDIR/validation/`` (``report.json``, ``report.md``,
+    plots). A plain export is compared with the reference only. ``eval_options`` go to
+    :func:`evaluate`."""
+    model = resolve_model(model, progress)
+    root = result.outdir / "validation"
+    say = echo or (lambda _msg: None)
+    say(f"validation: writing the F16 reference into {root / 'reference'}")
+    reference = export(model, quant="F16", outdir=root / "reference", progress=progress, argv=[])
+    models: dict[str, Any] = {"reference-F16": reference.model_path}
+    quant = result.quant or "?"
+    if result.protection is not None:
+        say(f"validation: writing the plain {quant} into {root / 'plain'}")
+        plain = export(model, quant=quant, outdir=root / "plain", progress=progress, argv=[])
+        models[f"plain-{quant}"] = plain.model_path
+        models[f"cwp-{quant}"] = (result.model_path, result.adapter_path)
+    elif quant not in ("F16",):
+        models[quant] = result.model_path
+    return evaluate(models, "reference-F16", suites, languages, data_root, limit=limit,
+                    backend=backend, threads=threads, outdir=root, progress=progress, echo=echo,
+                    **eval_options)

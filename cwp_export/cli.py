@@ -166,13 +166,27 @@ def _run(fn):
 @click.option("-o", "--outdir", default="cwp-out", show_default=True, metavar="DIR",
               help="Output directory; created if missing. Receives the GGUF file(s), plan.json, "
                    "scores.safetensors and manifest.json.")
+@click.option("--validate", is_flag=True,
+              help="After the export, run the bias and safety suites in llama-cpp-python on the "
+                   "F16 reference, the plain preset and the export (model + adapter), side by "
+                   "side; writes OUTDIR/validation/ (report.json, report.md, plots).")
+@click.option("--eval-suites", default=None, metavar="LIST",
+              help="Suites for --validate (as cwp-export eval --suites) [default: all].")
+@click.option("--eval-limit", type=int, default=None, metavar="N",
+              help="At most N items per suite and language for --validate (seeded subsample).")
+@click.option("--data-root", default=None, metavar="DIR",
+              help="Real benchmark files for --validate (shared data layout); without it the "
+                   "suites run on the built-in probes.")
+@click.option("--backend", default="both", show_default=True, metavar="cpu|gpu|both",
+              help="llama.cpp backend(s) for --validate.")
 @_scoring_options
 @click.option("--progress/--no-progress", default=True, show_default=True,
               help="Show progress bars on stderr.")
 def export_cmd(model: str, quant: str | None, protect: str, scores: str | None,
                max_size_increase: str, adapter_type: str, critical_weight: float | None,
                dry_run: bool, ideal: bool, tensor_types: tuple[str, ...], imatrix: str | None,
-               outdir: str, progress: bool, **scoring) -> None:
+               outdir: str, validate: bool, eval_suites: str | None, eval_limit: int | None,
+               data_root: str | None, backend: str, progress: bool, **scoring) -> None:
     """Convert MODEL to GGUF, protecting its critical weights (default 1%).
 
     MODEL is a local checkpoint folder (config.json, *.safetensors, tokenizer files), a Hugging
@@ -181,8 +195,12 @@ def export_cmd(model: str, quant: str | None, protect: str, scores: str | None,
     checkpoints are refused and no remote code is run.
     """
     from .api import export
+    from .errors import InputError
     from .options import parse_overrides
 
+    if validate and dry_run:
+        _fail(InputError("--validate needs the files a real run writes; drop --dry-run or "
+                         "--validate"))
     result = _run(lambda: export(
         model, quant=quant, outdir=outdir, protect=protect, progress=progress,
         overrides=parse_overrides(tensor_types), imatrix=imatrix,
@@ -202,6 +220,16 @@ def export_cmd(model: str, quant: str | None, protect: str, scores: str | None,
     if result.protection is not None and result.protection.plan_path is not None:
         click.echo(f"wrote {result.protection.plan_path}")
     click.echo(f"wrote {result.manifest}")
+    if validate:
+        from .api import validate_export
+        from .validate.run import format_summary
+
+        ev = _run(lambda: validate_export(model, result, suites=eval_suites, limit=eval_limit,
+                                          data_root=data_root, backend=backend,
+                                          progress=progress, echo=click.echo))
+        click.echo(format_summary(ev.report))
+        for name in sorted(ev.paths, key=lambda n: (n != "report.json", n)):
+            click.echo(f"wrote {ev.paths[name]}")
 
 
 @main.command("score")

@@ -395,3 +395,40 @@ def importance_effect(qtype, x, chosen, weight: float = 1000.0) -> tuple[float, 
     base_chosen, base_total = errors(qtype.encode(x))
     w_chosen, w_total = errors(qtype.encode(x, torch.where(chosen, weight, 1.0)))
     return w_chosen / base_chosen, w_total / base_total
+
+
+def read_gguf_tensors(path: str | Path, names=None) -> dict[str, tuple[str, Any]]:
+    """{name: (GGML type name, float32 numpy array in PyTorch layout)} for the tensors of a GGUF
+    file (only ``names`` when given), read and dequantized with gguf-py, independently of our
+    writer and encoders."""
+    import numpy as np
+    from gguf import GGUFReader
+    from gguf.quants import dequantize
+
+    want = None if names is None else set(names)
+    out = {}
+    for t in GGUFReader(str(path)).tensors:
+        if want is not None and t.name not in want:
+            continue
+        shape = tuple(int(x) for x in reversed(t.shape.tolist()))
+        vals = dequantize(np.asarray(t.data), t.tensor_type).reshape(shape)
+        out[t.name] = (t.tensor_type.name, np.asarray(vals, dtype=np.float32))
+    return out
+
+
+def source_weights(folder: str | Path, names=None) -> dict[str, Any]:
+    """{GGUF name: float32 torch tensor} of a Hugging Face checkpoint, with the architecture's
+    transforms applied (e.g. Q/K row order, Gemma's norm + 1): the values a GGUF should hold."""
+    from .arch import adapter_for
+    from .source import open_source
+
+    src = open_source(folder)
+    specs = adapter_for(src.config).tensor_specs({n: r.shape for n, r in src.tensors.items()})
+    want = None if names is None else set(names)
+    out = {}
+    for s in specs:
+        if s.source is None or (want is not None and s.name not in want):
+            continue
+        x = src.load(s.source)
+        out[s.name] = (s.transform(x) if s.transform is not None else x).float()
+    return out

@@ -10,8 +10,8 @@ to the F16 model, per token, through llama-cpp-python with an F32 KV cache, for
 - ``cwp``: the protected model + its outlier adapter (``--protect``, default budget +5%);
 - ``cwp_model_only``: the protected model file without the adapter;
 - ``cwp_f16_adapter``: the same with an F16 A (columns and rows);
-- ``llamacpp_imatrix``: llama.cpp's Q4_K_M with an imatrix from llama-imatrix on the same general
-  calibration text the scorer used (the project's general-text probes);
+- ``llamacpp_imatrix``: llama.cpp's Q4_K_M with an imatrix from llama-imatrix on the same
+  calibration items the scorer used (built-in fairness, safety and general probes, as plain text);
 - ``ideal``: the unstructured protection (every critical weight restored, F32 file);
 
 with file sizes relative to the plain preset, the coverage of the critical set, and the scoring
@@ -31,8 +31,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from cwp_export import probes  # noqa: E402
 from cwp_export.api import export, resolve_model, score  # noqa: E402
+from cwp_export.score.calibration import DEFAULT_LANGUAGES, resolve  # noqa: E402
 from cwp_export.testing import (  # noqa: E402
     kl_divergences,
     llamacpp_tool,
@@ -41,6 +41,26 @@ from cwp_export.testing import (  # noqa: E402
 )
 
 SHARED = ROOT.parent / "shared" / "data"
+
+
+def calibration_text(max_per_language: int | None) -> str:
+    """The scorer's default calibration items (same kinds, languages and cap) as plain text for
+    llama-imatrix: fairness sentences (both versions), safety requests with their affirmative and
+    refusal targets, general paragraphs and instruction/response pairs."""
+    parts = []
+    for kind in DEFAULT_LANGUAGES:
+        for it in resolve(kind, max_per_language=max_per_language).items:
+            if kind == "fairness":
+                ctx = it["context"]
+                ctx += " " if ctx and not ctx[-1].isspace() else ""  # as the fairness loss joins them
+                parts += [ctx + it["stereotype"], ctx + it["anti_stereotype"]]
+            elif kind == "safety":
+                parts += [f"{it['request']}\n{it['affirmative']}", f"{it['request']}\n{it['refusal']}"]
+            elif kind == "general_text":
+                parts.append(it["text"])
+            else:
+                parts.append(f"{it['instruction']}\n{it['response']}")
+    return "\n\n".join(parts)
 
 
 def main() -> None:
@@ -107,8 +127,7 @@ def main() -> None:
     if imatrix_exe and quant_exe:
         step("llama.cpp imatrix baseline")
         calib = work / "calibration.txt"
-        calib.write_text("\n\n".join(it["text"] for it in probes.load("general_text")),
-                         encoding="utf-8")
+        calib.write_text(calibration_text(args.max_per_language), encoding="utf-8")
         imat = work / "imatrix.gguf"
         run_llamacpp_tool(imatrix_exe, "-m", f16, "-f", calib, "-o", imat, "-c", "256",
                           "-t", "2")

@@ -114,6 +114,8 @@ class ModelFile:
     role: str = ""  # "reference" | "baseline" | "protected" | ""
     quant: str = ""  # e.g. "F16", "Q4_K_M"
     size_bytes: int | None = None
+    # the LoRA adapter loaded with it (e.g. the outlier adapter): {"path", "sha256", "size_bytes"}
+    adapter: dict[str, Any] | None = None
 
 
 @dataclass(frozen=True)
@@ -170,12 +172,32 @@ def sha256_file(path: str | Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def model_file(variant: str, path: str | Path, *, role: str = "", quant: str = "") -> ModelFile:
-    """A :class:`ModelFile` for a file on disk (sha256 and size read from it)."""
+def _files_cell(m: dict[str, Any]) -> str:
+    cell = f"`{Path(m['path']).name}`"
+    if m.get("adapter"):
+        cell += f" + `{Path(m['adapter']['path']).name}`"
+    return cell
+
+
+def _total_size(m: dict[str, Any]) -> int | None:
+    if m["size_bytes"] is None:
+        return None
+    return m["size_bytes"] + (m["adapter"]["size_bytes"] if m.get("adapter") else 0)
+
+
+def model_file(variant: str, path: str | Path, *, role: str = "", quant: str = "",
+               adapter: str | Path | None = None) -> ModelFile:
+    """A :class:`ModelFile` for a file on disk (sha256 and size read from it, and from the LoRA
+    ``adapter`` loaded with it, if any)."""
     p = Path(path)
-    if not p.is_file():
-        raise InputError(f"model file {p} not found; pass the path of an exported GGUF")
-    return ModelFile(variant, str(p), sha256_file(p), role, quant, p.stat().st_size)
+    for f, what in ((p, "model file"), (Path(adapter) if adapter else None, "LoRA adapter")):
+        if f is not None and not f.is_file():
+            raise InputError(f"{what} {f} not found; pass the path of an exported GGUF")
+    extra = None
+    if adapter:
+        a = Path(adapter)
+        extra = {"path": str(a), "sha256": sha256_file(a), "size_bytes": a.stat().st_size}
+    return ModelFile(variant, str(p), sha256_file(p), role, quant, p.stat().st_size, extra)
 
 
 # --------------------------------------------------------------------------------- build report
@@ -346,7 +368,13 @@ REPORT_SCHEMA: dict[str, Any] = {
             "properties": {"variant": {"type": "string", "minLength": 1}, "path": {"type": "string"},
                            "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
                            "role": {"type": "string"}, "quant": {"type": "string"},
-                           "size_bytes": {"type": ["integer", "null"], "minimum": 0}}}},
+                           "size_bytes": {"type": ["integer", "null"], "minimum": 0},
+                           "adapter": {"type": ["object", "null"], "additionalProperties": False,
+                                       "required": ["path", "sha256", "size_bytes"],
+                                       "properties": {
+                                           "path": {"type": "string"},
+                                           "sha256": {"type": "string", "pattern": "^[0-9a-f]{64}$"},
+                                           "size_bytes": {"type": "integer", "minimum": 0}}}}}},
         "backends": {"type": "array", "minItems": 1, "items": {
             "type": "object", "additionalProperties": False,
             "required": ["name", "library", "version", "device", "n_gpu_layers", "details"],
@@ -578,8 +606,8 @@ def render_markdown(doc: dict[str, Any]) -> str:
     lines += ["## Models", ""]
     lines += _table(["variant", "role", "quant", "file", "size", "sha256"],
                     [[f"`{m['variant']}`" + (" (reference)" if m["variant"] == ref else ""), m["role"],
-                      m["quant"], f"`{Path(m['path']).name}`",
-                      _size(m["size_bytes"]), f"`{m['sha256'][:16]}…`"] for m in doc["models"]],
+                      m["quant"], _files_cell(m), _size(_total_size(m)),
+                      f"`{m['sha256'][:16]}…`"] for m in doc["models"]],
                     right={4})
     lines += ["", "## Backends", ""]
     lines += _table(["backend", "library", "version", "device", "GPU layers"],

@@ -224,7 +224,7 @@ def validate(variants: Mapping[str, tuple[str | os.PathLike, str | os.PathLike |
         quant = _gguf_quant(path)
         if lora is not None:
             _gguf_quant(lora, "LoRA adapter")
-        models.append(R.model_file(name, path, role=role, quant=quant))
+        models.append(R.model_file(name, path, role=role, quant=quant, adapter=lora))
 
     wanted = parse_backends(backends)
     notes: list[str] = []

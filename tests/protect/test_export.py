@@ -10,13 +10,12 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from gguf import GGUFReader
-from gguf.quants import dequantize
 
 from cwp_export.api import export
 from cwp_export.cli import main
 from cwp_export.formats.lora import read_lora_adapter
 from cwp_export.formats.scores import load_scores
+from cwp_export.testing import read_gguf_tensors, source_weights
 
 INC = "60%"  # a tiny model's header is large next to its weights
 
@@ -44,28 +43,11 @@ def _export(tiny, scores_file, out, **kw):
 
 
 def _tensors(path: Path) -> dict[str, tuple[str, np.ndarray]]:
-    r = GGUFReader(str(path))
-    out = {}
-    for t in r.tensors:
-        shape = tuple(int(x) for x in reversed(t.shape))
-        vals = dequantize(t.data, t.tensor_type).reshape(shape)
-        out[t.name] = (t.tensor_type.name, vals.astype(np.float32))
-    return out
+    return read_gguf_tensors(path)
 
 
 def _originals(tiny) -> dict[str, torch.Tensor]:
-    from cwp_export.arch import adapter_for
-    from cwp_export.source import open_source
-
-    src = open_source(tiny)
-    specs = adapter_for(src.config).tensor_specs({n: r.shape for n, r in src.tensors.items()})
-    out = {}
-    for s in specs:
-        if s.source is None:
-            continue
-        x = src.load(s.source)
-        out[s.name] = (s.transform(x) if s.transform is not None else x).float()
-    return out
+    return source_weights(tiny)
 
 
 @pytest.mark.parametrize("adapter_type", ["Q8_0", "F16"])
@@ -186,3 +168,24 @@ def test_cli_protected_export_and_errors(tiny, scores_file, tmp_path):
                                                                                          r.output)
         leftovers = [p.name for p in out.glob("*")] if out.exists() else []
         assert not [n for n in leftovers if n.endswith((".gguf", ".json", ".safetensors"))], args
+
+
+def test_cli_validate_compares_reference_plain_and_cwp(tiny, scores_file, tmp_path):
+    out = tmp_path / "v"
+    r = CliRunner().invoke(main, [str(tiny), "-o", str(out), "--scores", str(scores_file),
+                                  "--max-size-increase", INC, "--no-progress", "--validate",
+                                  "--eval-suites", "crows-pairs,advbench", "--eval-limit", "3",
+                                  "--backend", "cpu"])
+    assert r.exit_code == 0, r.output
+    report = json.loads((out / "validation" / "report.json").read_text())
+    assert (out / "validation" / "report.md").is_file()
+    assert (out / "validation" / "reference" / "manifest.json").is_file()
+    models = {m["variant"]: m for m in report["models"]}
+    assert list(models) == ["reference-F16", "plain-Q4_K_M", "cwp-Q4_K_M"]
+    assert models["reference-F16"]["quant"] == "F16" and models["reference-F16"]["adapter"] is None
+    adapter = models["cwp-Q4_K_M"]["adapter"]  # the protected variant ran with its adapter
+    assert adapter["path"].endswith(".gguf") and Path(adapter["path"]).stat().st_size == adapter["size_bytes"]
+    assert Path(adapter["path"]).name in (out / "validation" / "report.md").read_text()
+    r = CliRunner().invoke(main, [str(tiny), "-o", str(tmp_path / "d"), "--scores",
+                                  str(scores_file), "--dry-run", "--validate"])
+    assert r.exit_code == 2 and "--validate" in r.output
