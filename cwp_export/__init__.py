@@ -10,12 +10,12 @@ Python API (the CLI is a thin layer over it)::
 
 __version__ = "0.2.0"
 
-__all__ = ["ExportResult", "__version__", "evaluate", "export", "score"]
+__all__ = ["ExportResult", "__version__", "evaluate", "export", "score", "validate_export"]
 
 
 def __getattr__(name: str):
     # imported lazily so that `cwp-export --help` does not pay for importing torch
-    if name in ("ExportResult", "export", "score", "evaluate"):
+    if name in ("ExportResult", "export", "score", "evaluate", "validate_export"):
         from . import api
 
         return getattr(api, name)
