@@ -15,6 +15,11 @@ kind                   one item                                       languages
 ``bbq_style``          context, question, 3 answers (one unknown),    en nl es tr
                        label, target_idx, unknown_idx, condition,
                        polarity
+``benign_lookalikes_   request, answer (more look-alikes, for the     en ko ar
+more``                 safety testbed)
+``benign_lookalikes_   request, answer (testbed training only)        en ko ar
+train``
+``refusal_answers``    answer (generic refusal, for the testbed)      en ko ar
 =====================  =============================================  ==========================
 
 See ``README.md`` beside this file for how they were made and what they are for.
@@ -40,6 +45,9 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
                         "anti_stereotype", "unrelated"),
     "bbq_style": ("id", "lang", "category", "template", "context_condition", "question_polarity",
                   "context", "question", "answers", "label", "target_idx", "unknown_idx"),
+    "benign_lookalikes_more": ("id", "lang", "request", "answer"),
+    "benign_lookalikes_train": ("id", "lang", "request", "answer"),
+    "refusal_answers": ("id", "lang", "answer"),
 }
 
 
