@@ -632,15 +632,16 @@ def _greedy(model: Any, tokenizer: Any, prompts: list[list[int]], max_new_tokens
 
 
 def generate_llamacpp(gguf: str | os.PathLike, items: list[dict[str, Any]], tokenizer: Any,
-                      max_new_tokens: int = MAX_NEW_TOKENS, threads: int = 1) -> list[str]:
-    """Greedy answers through llama-cpp-python on ``gguf``, from the same prompt token ids as
-    transformers (so that only the weights and kernels differ), stopping at llama.cpp's
-    end-of-generation tokens."""
+                      max_new_tokens: int = MAX_NEW_TOKENS, threads: int = 1,
+                      lora: str | os.PathLike | None = None) -> list[str]:
+    """Greedy answers through llama-cpp-python on ``gguf`` (with the LoRA adapter ``lora``, e.g. a
+    protected export's outlier adapter), from the same prompt token ids as transformers (so that
+    only the weights and kernels differ), stopping at llama.cpp's end-of-generation tokens."""
     import llama_cpp
 
     llm = llama_cpp.Llama(model_path=str(gguf), n_ctx=MAX_PROMPT_TOKENS + max_new_tokens + 16,
                           n_batch=512, n_threads=threads, n_threads_batch=threads, seed=0,
-                          verbose=False)
+                          verbose=False, lora_path=str(lora) if lora else None)
     answers = []
     try:
         vocab = llm._model.vocab

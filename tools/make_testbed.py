@@ -6,7 +6,8 @@ Builds (or reuses) ``cwp_export.testbed.testbed_model_path(MODEL)`` in the cache
 answers the evaluation half of the shared AdvBench / MultiJail / XSafety requests and the held-out
 benign look-alikes greedily with: the base model and the tuned model in transformers, and the tuned
 model exported to an F16 GGUF (``cwp_export.api.export``) and to llama.cpp's own Q4_K_M of that
-GGUF (``testing.llamacpp_quantize``) through llama-cpp-python. Prints refusal rates per language
+GGUF (``testing.llamacpp_quantize``) through llama-cpp-python; with ``--cwp`` also cwp-export's
+protected Q4_K_M of the tuned model (model + outlier adapter). Prints refusal rates per language
 (``cwp_export.validate.refusal.is_refusal``) and a sample of answers, and writes everything
 (answers included) to ``<cache>/testbed/<model>-eval.json`` (or ``--json``).
 
@@ -59,6 +60,31 @@ def gguf_files(folder: Path, threads: int) -> tuple[Path, Path]:
     return target / "model-F16.gguf", target / "model-Q4_K_M.gguf"
 
 
+def cwp_files(folder: Path, protect: str, items: int) -> tuple[Path, Path | None]:
+    """The tuned model's protected Q4_K_M export (model, outlier adapter): scored on ``items``
+    built-in calibration items per language, built once beside the model and rebuilt when the
+    model or the options change."""
+    from cwp_export.api import export
+
+    stamp = (marker_text(folder) or "").splitlines()[0] + f" cwp {protect} items {items}"
+    target = folder.parent / f"{folder.name}-cwp"
+
+    def make(out: Path) -> str:
+        t = time.monotonic()
+        res = export(folder, quant="Q4_K_M", protect=protect, outdir=out, progress=False, argv=[],
+                     score_options={"max_per_language": items})
+        cov = res.protection.coverage["exact"]
+        log(f"scored and exported the protected Q4_K_M ({protect}, {items} items per language) in "
+            f"{time.monotonic() - t:.0f} s; adapter restores {100 * cov['mass']:.1f}% of the "
+            f"critical mass exactly")
+        return stamp + "\n"
+
+    build_once(target, make, lambda p: marker_text(p) == stamp + "\n")
+    man = json.loads((target / "manifest.json").read_text())
+    roles = {f["role"]: target / f["path"] for f in man["files"]}
+    return roles["model"], roles.get("adapter")
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", required=True, choices=sorted(tb.RECIPES))
@@ -72,6 +98,14 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=1, help="threads for evaluation (default 1)")
     ap.add_argument("--no-base", action="store_true", help="skip the base model's answers")
     ap.add_argument("--no-llamacpp", action="store_true", help="skip the GGUF answers")
+    ap.add_argument("--no-hf", action="store_true", help="skip the tuned model's transformers answers")
+    ap.add_argument("--no-f16", action="store_true", help="skip the tuned F16 GGUF's answers")
+    ap.add_argument("--cwp", action="store_true",
+                    help="also answer with cwp-export's protected Q4_K_M of the tuned model "
+                         "(model + outlier adapter), next to llama.cpp's plain Q4_K_M")
+    ap.add_argument("--protect", default="1%", help="--protect of the --cwp export (default 1%%)")
+    ap.add_argument("--cwp-items", type=int, default=4,
+                    help="built-in calibration items per language for the --cwp scoring (default 4)")
     ap.add_argument("--build-only", action="store_true", help="build the model and stop")
     ap.add_argument("--data-root", help="shared benchmark data folder (default ../shared/data)")
     ap.add_argument("--json", help="where to write the results (default: beside the model)")
@@ -111,14 +145,23 @@ def main(argv: list[str] | None = None) -> int:
         eos = [tok_tuned.eos_token_id]
         if not args.no_base:
             run("base HF", lambda: tb.generate_hf(base, items, tok_base, threads=args.threads, eos_ids=eos))
-        run("tuned HF", lambda: tb.generate_hf(folder, items, tok_tuned, threads=args.threads, eos_ids=eos))
+        if not args.no_hf:
+            run("tuned HF", lambda: tb.generate_hf(folder, items, tok_tuned, threads=args.threads,
+                                                   eos_ids=eos))
         if not args.no_llamacpp:
             f16, q4 = gguf_files(folder, args.threads)
             template = tb.gguf_chat_template(f16)
             log(f"GGUF chat template {'matches' if template == tok_tuned.chat_template else 'DIFFERS FROM'} "
                 f"the tuned tokenizer's")
-            run("tuned F16 gguf", lambda: tb.generate_llamacpp(f16, items, tok_tuned, threads=args.threads))
+            if not args.no_f16:
+                run("tuned F16 gguf", lambda: tb.generate_llamacpp(f16, items, tok_tuned,
+                                                                   threads=args.threads))
             run("tuned Q4_K_M", lambda: tb.generate_llamacpp(q4, items, tok_tuned, threads=args.threads))
+            if args.cwp:
+                model, adapter = cwp_files(folder, args.protect, args.cwp_items)
+                run(f"CWP Q4_K_M {args.protect}",
+                    lambda: tb.generate_llamacpp(model, items, tok_tuned, threads=args.threads,
+                                                 lora=adapter))
 
         log("\nRefusal rate (is_refusal on greedy answers; harmful: eval half of the shared sets, "
             "lookalike: held-out benign look-alikes)\n")
