@@ -62,7 +62,7 @@ def export(model: str | os.PathLike, quant: str | None = None,
            imatrix: str | os.PathLike | None = None, argv: list[str] | None = None, *,
            scores: str | os.PathLike | None = None, max_size_increase: str | float = "5%",
            adapter_type: str = "Q8_0", critical_weight: float | None = None,
-           dry_run: bool = False, ideal: bool = False,
+           dry_run: bool = False, ideal: bool = False, weighted_rounding: bool = True,
            score_options: dict[str, Any] | None = None, echo=None) -> ExportResult:
     """Convert ``model`` (folder, hub id or ``builtin:smollm2``) and write GGUF + manifest.
 
@@ -73,7 +73,8 @@ def export(model: str | os.PathLike, quant: str | None = None,
     :mod:`.protect.export`): ``scores`` reuses a scores file;
     ``max_size_increase`` bounds model + adapter over the plain preset; ``adapter_type`` stores
     the adapter's A (Q8_0, F16, F32); ``dry_run`` plans and writes nothing; ``ideal`` writes the
-    unstructured in-memory protection as an F32 model instead; ``score_options`` go to the scorer.
+    unstructured in-memory protection as an F32 model instead; ``weighted_rounding=False`` rounds
+    as the plain preset (adapter and type upgrades only); ``score_options`` go to the scorer.
     """
     fraction = parse_fraction(protect)
     inc = parse_fraction(max_size_increase, "--max-size-increase", upper=10.0)
@@ -102,13 +103,15 @@ def export(model: str | os.PathLike, quant: str | None = None,
         res = protected_export(conv, out, fraction, scores_path=scores, max_size_increase=inc,
                                adapter_a_type=adapter_type.upper(), critical_weight=cw,
                                dry_run=dry_run, ideal=ideal, progress=progress,
-                               score_options=score_options, echo=echo)
+                               score_options=score_options, weighted_rounding=weighted_rounding,
+                               echo=echo)
         result = ExportResult(out, res.files, protection=res, quant=conv.outtype)
         if dry_run:
             return result
         options.update({"max_size_increase": inc, "scores": str(scores) if scores else None,
                         "adapter_type": adapter_type.upper(), "critical_weight": cw,
-                        "ideal": ideal, "score_options": _jsonable(score_options or {}),
+                        "ideal": ideal, "weighted_rounding": weighted_rounding,
+                        "score_options": _jsonable(score_options or {}),
                         "tensor_types": dict(sorted(res.plan.types.items())),
                         "plan": res.plan_path.name if res.plan_path else None})
         for t in conv.tensors:

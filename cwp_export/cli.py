@@ -151,6 +151,9 @@ def _run(fn):
                    "F16/F32 also allow rows.")
 @click.option("--critical-weight", default=None, type=float, metavar="W",
               help="Critical weights weigh 1+W times more in the rounding [default: 100].")
+@click.option("--plain-rounding", is_flag=True,
+              help="Round every tensor as the plain preset does (no activation or critical "
+                   "weighting); the adapter and the type upgrades still protect.")
 @click.option("--dry-run", is_flag=True,
               help="Print the plan, sizes and coverage; write nothing.")
 @click.option("--ideal", is_flag=True,
@@ -184,7 +187,8 @@ def _run(fn):
               help="Show progress bars on stderr.")
 def export_cmd(model: str, quant: str | None, protect: str, scores: str | None,
                max_size_increase: str, adapter_type: str, critical_weight: float | None,
-               dry_run: bool, ideal: bool, tensor_types: tuple[str, ...], imatrix: str | None,
+               plain_rounding: bool, dry_run: bool, ideal: bool, tensor_types: tuple[str, ...],
+               imatrix: str | None,
                outdir: str, validate: bool, eval_suites: str | None, eval_limit: int | None,
                data_root: str | None, backend: str, progress: bool, **scoring) -> None:
     """Convert MODEL to GGUF, protecting its critical weights (default 1%).
@@ -206,7 +210,8 @@ def export_cmd(model: str, quant: str | None, protect: str, scores: str | None,
         overrides=parse_overrides(tensor_types), imatrix=imatrix,
         argv=["cwp-export", *sys.argv[1:]], scores=scores, max_size_increase=max_size_increase,
         adapter_type=adapter_type, critical_weight=critical_weight, dry_run=dry_run, ideal=ideal,
-        score_options=_score_kwargs(scoring), echo=click.echo))
+        weighted_rounding=not plain_rounding, score_options=_score_kwargs(scoring),
+        echo=click.echo))
     if dry_run:
         from .protect.export import format_plan
 

@@ -10,6 +10,8 @@ to the F16 model, per token, through llama-cpp-python with an F32 KV cache, for
 - ``cwp``: the protected model + its outlier adapter (``--protect``, default budget +5%);
 - ``cwp_model_only``: the protected model file without the adapter;
 - ``cwp_f16_adapter``: the same with an F16 A (columns and rows);
+- ``cwp_plain_rounding``: model + adapter with the preset's own rounding (``--plain-rounding``:
+  no activation or critical weighting), i.e. what the adapter and type upgrades give alone;
 - ``llamacpp_imatrix``: llama.cpp's Q4_K_M with an imatrix from llama-imatrix on the same
   calibration items the scorer used (built-in fairness, safety and general probes, as plain text);
 - ``ideal``: the unstructured protection (every critical weight restored, F32 file);
@@ -102,12 +104,14 @@ def main() -> None:
                           "calibration_tokens": sr.metadata["calibration_tokens"],
                           "data": sr.metadata["data"]}
     variants: dict[str, tuple[Path, Path | None]] = {"plain": (plain, None)}
-    for key, atype in (("cwp", "Q8_0"), ("cwp_f16_adapter", "F16")):
+    for key, atype, weighted in (("cwp", "Q8_0", True), ("cwp_f16_adapter", "F16", True),
+                                 ("cwp_plain_rounding", "Q8_0", False)):
         step(f"protected export ({key})")
         t = time.monotonic()
         r = export(folder, quant=args.quant, outdir=work / key, protect=args.protect,
                    progress=False, argv=[], scores=scores_path,
-                   max_size_increase=args.max_size_increase, adapter_type=atype)
+                   max_size_increase=args.max_size_increase, adapter_type=atype,
+                   weighted_rounding=weighted)
         p = r.protection
         res[key] = {"seconds": round(time.monotonic() - t, 1), "coverage": p.coverage,
                     "sizes": p.sizes, "upgrades": len(p.plan.upgrades),
@@ -150,7 +154,7 @@ def main() -> None:
     print(f"\n{'variant':<20}{'size vs plain':>14}" + "".join(f"{'KLD ' + x:>12}"
                                                           for x in res["kld"]))
     for name in variants:
-        if name in ("cwp", "cwp_f16_adapter"):
+        if name in ("cwp", "cwp_f16_adapter", "cwp_plain_rounding"):
             size = f"{100 * res[name]['size_vs_plain']:+.2f}%"
         elif name == "llamacpp_imatrix":
             size = f"{100 * res['llamacpp_imatrix_size_vs_plain']:+.2f}%"

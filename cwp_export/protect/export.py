@@ -161,8 +161,10 @@ def protected_export(conv: convert.Conversion, outdir: Path, fraction: float, *,
                      adapter_a_type: str = "Q8_0", critical_weight: float = CRITICAL_WEIGHT,
                      dry_run: bool = False, ideal: bool = False, progress: bool = True,
                      score_options: dict[str, Any] | None = None,
-                     echo=None) -> ProtectedResult:
-    """Plan and (unless ``dry_run``) write the protected model, adapter and plan.json."""
+                     weighted_rounding: bool = True, echo=None) -> ProtectedResult:
+    """Plan and (unless ``dry_run``) write the protected model, adapter and plan.json.
+    ``weighted_rounding=False`` rounds every tensor as the plain preset does (no activation or
+    critical weighting); the adapter and the type upgrades still protect."""
     if conv.outtype in convert.FLOAT_TYPES:
         raise InputError(f"--protect needs a quantized --quant (e.g. Q4_K_M); {conv.outtype} "
                          f"keeps every weight at {conv.outtype} already")
@@ -204,15 +206,25 @@ def protected_export(conv: convert.Conversion, outdir: Path, fraction: float, *,
         qt = quant.get(plan_.types[name])
         m = mask[name]
         col = act.get(name)
+        cols, rows = plan_.columns.get(name, []), plan_.rows.get(name, [])
+        if (cols or rows) and not ideal:
+            # the adapter restores these weights exactly: their rounding needs no extra care, and
+            # weighting them would only pull their blocks' scales away from the other weights
+            m = m.clone()
+            if cols:
+                m[:, cols] = False
+            if rows:
+                m[rows, :] = False
 
-        def imp(a: int, b: int, m=m, col=col) -> torch.Tensor:
+        def imp(a: int, b: int, m=m, col=col) -> torch.Tensor | None:
+            if not weighted_rounding:
+                return None
             return element_importance(m[a:b], col, critical_weight)
 
         if ideal:
             tensors.append(replace(t, qtype=quant.get("F32"), encode_type=qt,
                                    element_importance=imp, on_chunk=_ideal_hook(qt.name, m)))
             continue
-        cols, rows = plan_.columns.get(name, []), plan_.rows.get(name, [])
         hook = None
         if cols or rows:
             hook = collectors[name] = _PairCollector(name, t.spec.shape, qt.name, cols, rows)

@@ -189,3 +189,21 @@ def test_cli_validate_compares_reference_plain_and_cwp(tiny, scores_file, tmp_pa
     r = CliRunner().invoke(main, [str(tiny), "-o", str(tmp_path / "d"), "--scores",
                                   str(scores_file), "--dry-run", "--validate"])
     assert r.exit_code == 2 and "--validate" in r.output
+
+
+def test_plain_rounding_changes_only_the_rounding(tiny, scores_file, tmp_path):
+    weighted = _export(tiny, scores_file, tmp_path / "w")
+    plain = _export(tiny, scores_file, tmp_path / "p", weighted_rounding=False)
+    assert plain.protection.plan.to_json() == weighted.protection.plan.to_json()
+    assert plain.model_path.read_bytes() != weighted.model_path.read_bytes()
+    # with the preset's own rounding, every tensor outside the plan's upgrades is byte-identical
+    # to the plain preset's
+    ref = read_gguf_tensors(export(tiny, quant="Q4_K_M", outdir=tmp_path / "ref", progress=False,
+                                   argv=[]).model_path)
+    got = read_gguf_tensors(plain.model_path)
+    upgraded = set(plain.protection.plan.upgrades)
+    for name, (kind, vals) in got.items():
+        if name not in upgraded:
+            assert kind == ref[name][0] and np.array_equal(vals, ref[name][1]), name
+    man = json.loads((tmp_path / "p" / "manifest.json").read_text())
+    assert man["options"]["weighted_rounding"] is False
