@@ -62,7 +62,7 @@ def export(model: str | os.PathLike, quant: str | None = None,
            imatrix: str | os.PathLike | None = None, argv: list[str] | None = None, *,
            scores: str | os.PathLike | None = None, max_size_increase: str | float = "5%",
            adapter_type: str = "Q8_0", critical_weight: float | None = None,
-           dry_run: bool = False, ideal: bool = False, weighted_rounding: bool = True,
+           dry_run: bool = False, ideal: bool = False, weighted_rounding: bool = False,
            score_options: dict[str, Any] | None = None, echo=None) -> ExportResult:
     """Convert ``model`` (folder, hub id or ``builtin:smollm2``) and write GGUF + manifest.
 
@@ -73,8 +73,9 @@ def export(model: str | os.PathLike, quant: str | None = None,
     :mod:`.protect.export`): ``scores`` reuses a scores file;
     ``max_size_increase`` bounds model + adapter over the plain preset; ``adapter_type`` stores
     the adapter's A (Q8_0, F16, F32); ``dry_run`` plans and writes nothing; ``ideal`` writes the
-    unstructured in-memory protection as an F32 model instead; ``weighted_rounding=False`` rounds
-    as the plain preset (adapter and type upgrades only); ``score_options`` go to the scorer.
+    unstructured in-memory protection as an F32 model instead; ``weighted_rounding=True`` weights
+    the rounding of the scored tensors by column activation and criticality (default: the preset's
+    own rounding; see README, Limitations); ``score_options`` go to the scorer.
     """
     fraction = parse_fraction(protect)
     inc = parse_fraction(max_size_increase, "--max-size-increase", upper=10.0)

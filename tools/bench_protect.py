@@ -10,8 +10,8 @@ to the F16 model, per token, through llama-cpp-python with an F32 KV cache, for
 - ``cwp``: the protected model + its outlier adapter (``--protect``, default budget +5%);
 - ``cwp_model_only``: the protected model file without the adapter;
 - ``cwp_f16_adapter``: the same with an F16 A (columns and rows);
-- ``cwp_plain_rounding``: model + adapter with the preset's own rounding (``--plain-rounding``:
-  no activation or critical weighting), i.e. what the adapter and type upgrades give alone;
+- ``cwp_weighted_rounding``: model + adapter with ``--weighted-rounding`` (the scored tensors'
+  rounding weighted by column activation and criticality);
 - ``llamacpp_imatrix``: llama.cpp's Q4_K_M with an imatrix from llama-imatrix on the same
   calibration items the scorer used (built-in fairness, safety and general probes, as plain text);
 - ``ideal``: the unstructured protection (every critical weight restored, F32 file);
@@ -104,8 +104,8 @@ def main() -> None:
                           "calibration_tokens": sr.metadata["calibration_tokens"],
                           "data": sr.metadata["data"]}
     variants: dict[str, tuple[Path, Path | None]] = {"plain": (plain, None)}
-    for key, atype, weighted in (("cwp", "Q8_0", True), ("cwp_f16_adapter", "F16", True),
-                                 ("cwp_plain_rounding", "Q8_0", False)):
+    for key, atype, weighted in (("cwp", "Q8_0", False), ("cwp_f16_adapter", "F16", False),
+                                 ("cwp_weighted_rounding", "Q8_0", True)):
         step(f"protected export ({key})")
         t = time.monotonic()
         r = export(folder, quant=args.quant, outdir=work / key, protect=args.protect,
@@ -154,7 +154,7 @@ def main() -> None:
     print(f"\n{'variant':<20}{'size vs plain':>14}" + "".join(f"{'KLD ' + x:>12}"
                                                           for x in res["kld"]))
     for name in variants:
-        if name in ("cwp", "cwp_f16_adapter", "cwp_plain_rounding"):
+        if name in ("cwp", "cwp_f16_adapter", "cwp_weighted_rounding"):
             size = f"{100 * res[name]['size_vs_plain']:+.2f}%"
         elif name == "llamacpp_imatrix":
             size = f"{100 * res['llamacpp_imatrix_size_vs_plain']:+.2f}%"

@@ -6,9 +6,11 @@
    belong to this checkpoint); the mask is re-drawn for ``--protect`` with one global threshold;
 2. per scored tensor, where its critical mass sits (:mod:`.stats`), then the plan
    (:mod:`.plan`): outlier columns/rows for the adapter and type upgrades within the budget;
-3. the model file: every tensor quantized with per-element importance (the column's mean squared
-   activation, times ``1 + critical_weight`` on critical weights); while each tensor with outliers
-   streams through, its dequantized values are kept until the pair can be built;
+3. the model file: every tensor quantized as the plain preset quantizes it (or, with
+   ``weighted_rounding``, with per-element importance: the column's mean squared activation,
+   times ``1 + critical_weight`` on critical weights the adapter does not restore); while each
+   tensor with outliers streams through, its dequantized values are kept until the pair can be
+   built;
 4. the adapter (:mod:`..formats.lora`), ``plan.json`` with the exact coverage, the manifest.
 
 ``ideal=True`` writes instead the paper's unstructured protection as an F32 model: every tensor
@@ -161,10 +163,12 @@ def protected_export(conv: convert.Conversion, outdir: Path, fraction: float, *,
                      adapter_a_type: str = "Q8_0", critical_weight: float = CRITICAL_WEIGHT,
                      dry_run: bool = False, ideal: bool = False, progress: bool = True,
                      score_options: dict[str, Any] | None = None,
-                     weighted_rounding: bool = True, echo=None) -> ProtectedResult:
+                     weighted_rounding: bool = False, echo=None) -> ProtectedResult:
     """Plan and (unless ``dry_run``) write the protected model, adapter and plan.json.
-    ``weighted_rounding=False`` rounds every tensor as the plain preset does (no activation or
-    critical weighting); the adapter and the type upgrades still protect."""
+    By default every tensor is rounded as the plain preset rounds it and the adapter and the type
+    upgrades protect; ``weighted_rounding=True`` also weights the rounding of the scored tensors
+    (column activation × (1 + ``critical_weight``) on critical weights the adapter does not
+    restore)."""
     if conv.outtype in convert.FLOAT_TYPES:
         raise InputError(f"--protect needs a quantized --quant (e.g. Q4_K_M); {conv.outtype} "
                          f"keeps every weight at {conv.outtype} already")
@@ -191,7 +195,8 @@ def protected_export(conv: convert.Conversion, outdir: Path, fraction: float, *,
                            "scores": {"file": str(scores_path or scores_written or ""),
                                       "scorer": meta.get("scorer"),
                                       "model_fingerprint": meta.get("model_fingerprint")},
-                           "critical_weight": critical_weight, "ideal": ideal}
+                           "critical_weight": critical_weight, "ideal": ideal,
+                           "weighted_rounding": weighted_rounding}
     result = ProtectedResult(plan_, cov, sizes)
     if dry_run:
         return result

@@ -192,8 +192,8 @@ def test_cli_validate_compares_reference_plain_and_cwp(tiny, scores_file, tmp_pa
 
 
 def test_plain_rounding_changes_only_the_rounding(tiny, scores_file, tmp_path):
-    weighted = _export(tiny, scores_file, tmp_path / "w")
-    plain = _export(tiny, scores_file, tmp_path / "p", weighted_rounding=False)
+    weighted = _export(tiny, scores_file, tmp_path / "w", weighted_rounding=True)
+    plain = _export(tiny, scores_file, tmp_path / "p")  # the default
     assert plain.protection.plan.to_json() == weighted.protection.plan.to_json()
     assert plain.model_path.read_bytes() != weighted.model_path.read_bytes()
     # with the preset's own rounding, every tensor outside the plan's upgrades is byte-identical
