@@ -231,13 +231,13 @@ def validate_export(model: str | os.PathLike, result: ExportResult, *,
     say(f"validation: writing the F16 reference into {root / 'reference'}")
     reference = export(model, quant="F16", outdir=root / "reference", progress=progress, argv=[])
     models: dict[str, Any] = {"reference-F16": reference.model_path}
-    quant = result.quant or "?"
+    quant = result.quant
     if result.protection is not None:
         say(f"validation: writing the plain {quant} into {root / 'plain'}")
         plain = export(model, quant=quant, outdir=root / "plain", progress=progress, argv=[])
         models[f"plain-{quant}"] = plain.model_path
         models[f"cwp-{quant}"] = (result.model_path, result.adapter_path)
-    elif quant not in ("F16",):
+    elif quant != "F16":
         models[quant] = result.model_path
     return evaluate(models, "reference-F16", suites, languages, data_root, limit=limit,
                     backend=backend, threads=threads, outdir=root, progress=progress, echo=echo,

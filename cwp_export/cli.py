@@ -191,9 +191,9 @@ def _run(fn):
 def export_cmd(model: str, quant: str | None, protect: str, scores: str | None,
                max_size_increase: str, adapter_type: str, critical_weight: float | None,
                weighted_rounding: bool, dry_run: bool, ideal: bool, tensor_types: tuple[str, ...],
-               imatrix: str | None,
-               outdir: str, validate: bool, eval_suites: str | None, eval_limit: int | None,
-               data_root: str | None, backend: str, progress: bool, **scoring) -> None:
+               imatrix: str | None, outdir: str, validate: bool, eval_suites: str | None,
+               eval_limit: int | None, data_root: str | None, backend: str, progress: bool,
+               **scoring) -> None:
     """Convert MODEL to GGUF, protecting its critical weights (default 1%).
 
     MODEL is a local checkpoint folder (config.json, *.safetensors, tokenizer files), a Hugging

@@ -212,19 +212,20 @@ def protected_export(conv: convert.Conversion, outdir: Path, fraction: float, *,
         m = mask[name]
         col = act.get(name)
         cols, rows = plan_.columns.get(name, []), plan_.rows.get(name, [])
-        if (cols or rows) and not ideal:
-            # the adapter restores these weights exactly: their rounding needs no extra care, and
-            # weighting them would only pull their blocks' scales away from the other weights
-            m = m.clone()
-            if cols:
-                m[:, cols] = False
-            if rows:
-                m[rows, :] = False
+        imp = None
+        if weighted_rounding:
+            weighted = m
+            if (cols or rows) and not ideal:
+                # the adapter restores these weights exactly: their rounding needs no extra care,
+                # and weighting them would only pull their blocks' scales away from the rest
+                weighted = m.clone()
+                if cols:
+                    weighted[:, cols] = False
+                if rows:
+                    weighted[rows, :] = False
 
-        def imp(a: int, b: int, m=m, col=col) -> torch.Tensor | None:
-            if not weighted_rounding:
-                return None
-            return element_importance(m[a:b], col, critical_weight)
+            def imp(a: int, b: int, w=weighted, col=col) -> torch.Tensor:
+                return element_importance(w[a:b], col, critical_weight)
 
         if ideal:
             tensors.append(replace(t, qtype=quant.get("F32"), encode_type=qt,
