@@ -7,6 +7,8 @@ on whatever device the tensor is on) and matches ggml's own reference quantizer 
 
 from __future__ import annotations
 
+import threading
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from collections.abc import Callable
 
@@ -40,7 +42,7 @@ class QuantType:
             elif tuple(importance.shape) != (rows.shape[1],):
                 raise ValueError(f"importance of shape {tuple(importance.shape)} fits neither a "
                                  f"column ({rows.shape[1]},) nor the tensor {tuple(x.shape)}")
-        return self.encoder(rows, importance)
+        return _encode_split(self.encoder, rows, importance)
 
     @property
     def block_size(self) -> int:
@@ -53,6 +55,39 @@ class QuantType:
     @property
     def is_quantized(self) -> bool:
         return self.block_size > 1
+
+
+# Below this many elements a tensor is encoded in one piece (thread start-up would dominate).
+PARALLEL_MIN_ELEMENTS = 1 << 17
+_THREADS_LOCK = threading.Lock()
+
+
+def _encode_split(encoder: Encoder, rows: torch.Tensor, importance: torch.Tensor | None) -> bytes:
+    """Encode on CPU with ``torch.get_num_threads()`` workers, each on its own band of rows.
+
+    Rows are independent in every GGML type, so the bands' bytes simply join. The encoders run
+    hundreds of small element-wise ops per block: one OpenMP team per op spends more time waking
+    threads than working, while whole bands per thread scale with the cores (PyTorch drops the GIL
+    inside each op). The workers run with one intra-op thread each; the caller's setting is
+    restored afterwards.
+    """
+    n = torch.get_num_threads()
+    if rows.device.type != "cpu" or n < 2 or rows.numel() < PARALLEL_MIN_ELEMENTS \
+            or rows.shape[0] < 2:
+        return encoder(rows, importance)
+    n = min(n, rows.shape[0])
+    bounds = [rows.shape[0] * k // n for k in range(n + 1)]
+    bands = [(rows[a:b], importance[a:b] if importance is not None and importance.ndim == 2
+              else importance) for a, b in zip(bounds, bounds[1:])]
+    with _THREADS_LOCK:
+        torch.set_num_threads(1)
+        try:
+            # fresh threads take the intra-op setting in force when they first run an op
+            with ThreadPoolExecutor(n, thread_name_prefix="cwp-encode") as pool:
+                parts = list(pool.map(lambda band: encoder(*band), bands))
+        finally:
+            torch.set_num_threads(n)
+    return b"".join(parts)
 
 
 _REGISTRY: dict[str, QuantType] = {}

@@ -41,6 +41,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from . import QuantType, register
+from .cfloat import seq_sum0
 
 QK = 32      # legacy block size
 QK_K = 256   # K-type super-block size
@@ -48,7 +49,7 @@ QK_K = 256   # K-type super-block size
 # Elements per chunk of the scale/min search (bounds its [n, groups] temporaries) and
 # elements per top-level chunk of rows (bounds whole-tensor temporaries for huge tensors).
 SEARCH_CHUNK = {"cpu": 1 << 18, "cuda": 1 << 24}
-ROW_CHUNK = {"cpu": 1 << 22, "cuda": 1 << 25}
+ROW_CHUNK = {"cpu": 1 << 19, "cuda": 1 << 25}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -107,12 +108,7 @@ def _fp16_bytes(v: torch.Tensor) -> torch.Tensor:
     return h.view(torch.uint8)
 
 
-def _seqsum(t: torch.Tensor) -> torch.Tensor:
-    """Left-to-right fp32 sum over dim 0, starting from +0 (C's ``float s = 0; s += t[i]``)."""
-    acc = torch.zeros_like(t[0])
-    for i in range(t.shape[0]):
-        acc += t[i]
-    return acc
+_seqsum = seq_sum0
 
 
 def _minmax(x: torch.Tensor, signed_zero: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -195,8 +191,10 @@ def _qkx_chunk(x, w, nmax, nums, use_mad, signed_zero):
     flat = mx <= mn
 
     def levels(iscale: torch.Tensor, mn: torch.Tensor) -> torch.Tensor:
-        span = torch.maximum((mx - mn).abs(), (dmin - mn).abs())
-        exact = bool((~(iscale.abs() * span <= 4194303.0)).any())
+        # largest |x - mn| of the group: max(|mx - mn|, |dmin - mn|), and since dmin <= mx one of
+        # the two differences below is that maximum and the other is not larger (NaN propagates)
+        span = torch.maximum(mx - mn, mn - dmin)
+        exact = not bool((iscale.abs() * span <= 4194303.0).all())
         return _quant_levels((x - mn) * iscale, nmax, exact)
 
     def error(scale: torch.Tensor, mn: torch.Tensor, L: torch.Tensor) -> torch.Tensor:

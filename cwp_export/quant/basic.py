@@ -47,25 +47,39 @@ def round_half_away(x: torch.Tensor) -> torch.Tensor:
     return t + torch.where((x - t).abs() >= 0.5, torch.sign(x), torch.zeros_like(x))
 
 
-def round_half_away_int8(y: torch.Tensor) -> torch.Tensor:
-    """``round_half_away`` for |y| < 128, straight to int8 in three cheap passes.
+# The largest float32 below one half (0.5 − 2⁻²⁵).
+_HALF_DOWN = torch.tensor(float(np.nextafter(np.float32(0.5), np.float32(0.0))))
 
-    ``y + copysign(0.5, y)`` truncated is C ``roundf`` for every float32 of that magnitude except
-    ±(0.5 − 2⁻²⁵), where the sum rounds up to ±1; values below one half are forced to 0.
+
+def round_half_away_int8(y: torch.Tensor) -> torch.Tensor:
+    """``round_half_away`` for |y| < 128, straight to int8 in two passes (``y`` is overwritten).
+
+    ``trunc(y + copysign(0.5 − 2⁻²⁵, y))`` is C ``roundf`` for every float32 |y| < 2²³. With 0.5
+    itself, y = 0.5 − 2⁻²⁵ would sum to 1 − 2⁻²⁵ and round up to 1; with one ulp less, an exact
+    half k + ½ sums to k + 1 − 2⁻²⁵, which still rounds up to k + 1 (the ulp there is ≥ 2⁻²³),
+    and anything below a half stays below the next integer.
     """
-    q = (y + torch.full_like(y, 0.5).copysign_(y)).to(torch.int8)
-    return q.masked_fill_(y.abs() < 0.5, 0)
+    y += torch.copysign(_HALF_DOWN.to(y.device), y)
+    return y.to(torch.int8)
+
+
+# Blocks per step of the Q8_0 encoder: its five passes then stay in a core's cache.
+Q8_0_CHUNK_BLOCKS = 1 << 13
 
 
 def encode_q8_0(x: torch.Tensor, importance: torch.Tensor | None = None) -> bytes:
-    blocks = x.to(torch.float32).reshape(-1, 32)
-    d = blocks.abs().amax(dim=1) / 127.0
-    inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
-    q = round_half_away_int8(blocks * inv[:, None])
-    out = np.empty((blocks.shape[0], 34), dtype=np.uint8)
-    out[:, :2] = d.to(torch.float16).cpu().numpy().view(np.uint8).reshape(-1, 2)
-    out[:, 2:] = q.cpu().numpy().view(np.uint8)
-    return out.tobytes()
+    flat = x.to(torch.float32).reshape(-1, 32)
+    out = torch.empty((flat.shape[0], 34), dtype=torch.uint8, device=flat.device)
+    for b in range(0, flat.shape[0], Q8_0_CHUNK_BLOCKS):
+        blocks = flat[b:b + Q8_0_CHUNK_BLOCKS]
+        lo, hi = torch.aminmax(blocks, dim=1)
+        # max |x| (abs_ turns the maximum of -0 and +0 into ggml's +0)
+        d = torch.maximum(hi, -lo).abs_() / 127.0
+        inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
+        q = round_half_away_int8(blocks * inv[:, None])
+        out[b:b + Q8_0_CHUNK_BLOCKS, 2:] = q.view(torch.uint8)
+        out[b:b + Q8_0_CHUNK_BLOCKS, :2] = d.to(torch.float16).view(torch.uint8).reshape(-1, 2)
+    return out.cpu().numpy().tobytes()
 
 
 F32 = register(QuantType("F32", T.F32, encode_f32))

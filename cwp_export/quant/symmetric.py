@@ -38,6 +38,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from . import QuantType, register
+from .cfloat import seq_sum0
 
 _F32 = torch.float32
 GROUP_MAX_EPS = float(np.float32(1e-15))
@@ -90,12 +91,7 @@ def _seq_sum(p: torch.Tensor) -> torch.Tensor:
     return _seq_sum0(p.movedim(-1, 0).contiguous())
 
 
-def _seq_sum0(pt: torch.Tensor) -> torch.Tensor:
-    """Like :func:`_seq_sum` for data already laid out with the summed dimension first."""
-    acc = pt[0] + 0.0  # 0.0f + p[0]: turns -0 into +0 exactly as the C accumulator does
-    for i in range(1, pt.shape[0]):
-        acc.add_(pt[i])
-    return acc
+_seq_sum0 = seq_sum0
 
 
 def _first_absmax(x: torch.Tensor, dim: int = -1) -> tuple[torch.Tensor, torch.Tensor]:
@@ -184,7 +180,7 @@ def make_qx_quants(x: torch.Tensor, nmax: int,
     L in [0, 2·nmax) as int64 (0 for an all-zero block, like ggml).
 
     All 19 candidate scales are tried at once: the blocks' elements are walked in order, each
-    step quantizing one element of every block for every candidate ([blocks, candidates] slabs)
+    step quantizing one element of every block for every candidate ([candidates, blocks] slabs)
     and adding its terms to float32 accumulators, exactly as the C sums. The C loop's sequential
     choice (strict ``>``, so the first best candidate wins) is then replayed over the candidates.
     """
@@ -195,7 +191,8 @@ def make_qx_quants(x: torch.Tensor, nmax: int,
     zero = amax < GROUP_MAX_EPS
     mx = torch.where(zero, torch.ones_like(mx), mx)
     nums = torch.tensor(_candidate_iscale_numerators(nmax), dtype=_F32, device=x.device)
-    iscale = nums / mx.unsqueeze(-1)                                   # [B, C]
+    # candidate-major [C, B] slabs: every op below runs over long contiguous rows of blocks
+    iscale = nums.unsqueeze(-1) / mx                                   # [C, B]
     xt = x.t().contiguous()                                            # [n, B]
     wt = w.t().contiguous()
     wxt = wt * xt
@@ -205,26 +202,26 @@ def make_qx_quants(x: torch.Tensor, nmax: int,
     sumlx = torch.empty_like(iscale)
     suml2 = torch.empty_like(iscale)
     for i in range(n):
-        torch.mul(iscale, xt[i].unsqueeze(-1), out=lv).round_().clamp_(-nmax, nmax - 1)
+        torch.mul(iscale, xt[i], out=lv).round_().clamp_(-nmax, nmax - 1)
         if i == 0:  # 0.0f + first term (turns -0 into +0 like the C accumulator)
-            torch.mul(wxt[0].unsqueeze(-1), lv, out=sumlx).add_(0.0)
-            torch.mul(wt[0].unsqueeze(-1), lv, out=suml2).mul_(lv).add_(0.0)
+            torch.mul(wxt[0], lv, out=sumlx).add_(0.0)
+            torch.mul(wt[0], lv, out=suml2).mul_(lv).add_(0.0)
             continue
-        sumlx.add_(torch.mul(wxt[i].unsqueeze(-1), lv, out=tmp))
-        suml2.add_(torch.mul(wt[i].unsqueeze(-1), lv, out=tmp).mul_(lv))
+        sumlx.add_(torch.mul(wxt[i], lv, out=tmp))
+        suml2.add_(torch.mul(wt[i], lv, out=tmp).mul_(lv))
     zero_f = torch.zeros_like(mx)
-    s0, q0 = sumlx[:, 0], suml2[:, 0]
+    s0, q0 = sumlx[0], suml2[0]
     scale = torch.where(q0 != 0, s0 / q0, zero_f)
     best = scale * s0
     choice = torch.zeros(mx.shape, dtype=torch.int64, device=x.device)
     for c in range(1, nums.numel()):
-        sx, s2 = sumlx[:, c], suml2[:, c]
+        sx, s2 = sumlx[c], suml2[c]
         take = (s2 > 0) & (sx * sx > best * s2)
         new_scale = sx / s2
         scale = torch.where(take, new_scale, scale)
         best = torch.where(take, new_scale * sx, best)
         choice.masked_fill_(take, c)
-    chosen = iscale.gather(1, choice.unsqueeze(1))
+    chosen = iscale.gather(0, choice.unsqueeze(0)).t()
     L = (chosen * x).round_().clamp_(-nmax, nmax - 1).to(torch.int64) + nmax
     L.masked_fill_(zero.unsqueeze(-1), 0)
     scale = torch.where(zero, zero_f, scale)

@@ -43,6 +43,17 @@ def test_q8_0_property(values, reps):
     assert quant.get("Q8_0").encode(x) == ggml_quantize(x.numpy(), T.Q8_0)
 
 
+def test_q8_0_signed_zero_blocks_and_chunk_edges():
+    from cwp_export.quant import basic
+
+    n = basic.Q8_0_CHUNK_BLOCKS * 32
+    x = torch.randn(3, n) * 3
+    x[0, :64] = -0.0          # all-(-0) blocks: ggml's fabsf/MAX scan gives d = +0
+    x[1, 32:64] = 0.0
+    x[2, n - 32:] = torch.tensor([0.5, 1.5, -2.5, 127.0] * 8) / 127.0
+    assert quant.get("Q8_0").encode(x) == ggml_quantize(x.numpy(), T.Q8_0)
+
+
 def test_bf16_passthrough_from_bf16_source():
     x = torch.randn(4, 32).to(torch.bfloat16)
     assert quant.get("BF16").encode(x) == ggml_quantize(x.float().numpy(), T.BF16)
@@ -87,4 +98,4 @@ def test_fast_int8_rounding_equals_roundf():
     y = torch.cat([halves, torch.nextafter(halves, torch.tensor(0.0)),
                    torch.nextafter(halves, torch.tensor(1e3)), torch.randn(100_000) * 50,
                    torch.tensor([0.49999997, -0.49999997, 0.0, -0.0, 127.0, -127.0])]).clamp(-127, 127)
-    assert torch.equal(round_half_away_int8(y), round_half_away(y).to(torch.int8))
+    assert torch.equal(round_half_away_int8(y.clone()), round_half_away(y).to(torch.int8))

@@ -1,0 +1,67 @@
+"""Multi-threaded encoding (``QuantType.encode`` splits rows into one band per torch thread) and
+the C-order float32 sums the encoders rest on."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from gguf import GGMLQuantizationType as T
+
+from cwp_export import quant
+from cwp_export.ggml_ref import quantize as ggml_quantize
+from cwp_export.quant.cfloat import seq_sum0
+
+
+@pytest.fixture
+def two_threads():
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_seq_sum0_adds_left_to_right_in_float32():
+    g = torch.Generator().manual_seed(0)
+    for n in (1, 2, 3, 16, 17, 32, 256):
+        # wide magnitudes: any other summation order or a wider accumulator changes the last bits
+        t = torch.randn(n, 3, 1001, generator=g) * torch.exp(torch.randn(n, 3, 1001, generator=g) * 4)
+        acc = torch.zeros_like(t[0])
+        for i in range(n):
+            acc = acc + t[i]
+        assert torch.equal(seq_sum0(t), acc)
+    # C's accumulator starts at +0: a sum of negative zeros is +0
+    assert str(seq_sum0(torch.tensor([[-0.0], [-0.0]])).item()) == "0.0"
+
+
+@pytest.mark.parametrize("name", quant.names())
+def test_bands_join_to_the_one_thread_bytes(name, two_threads):
+    qt = quant.get(name)
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(67, 2304, generator=g)               # odd row count: unequal bands
+    assert x.numel() >= quant.PARALLEL_MIN_ELEMENTS
+    per_element = torch.rand(x.shape, generator=g) + 0.1
+    per_column = torch.rand(x.shape[1], generator=g) + 0.1
+    for imp in (None, per_column, per_element):
+        split = qt.encode(x, imp)
+        torch.set_num_threads(1)
+        whole = qt.encode(x, imp)
+        torch.set_num_threads(2)
+        assert split == whole
+    assert torch.get_num_threads() == 2
+
+
+@pytest.mark.parametrize("name", ["Q8_0", "Q4_K", "Q6_K"])
+def test_bands_match_ggml(name, two_threads):
+    qt = quant.get(name)
+    x = torch.randn(130, 2048, generator=torch.Generator().manual_seed(4))
+    assert qt.encode(x) == ggml_quantize(x.numpy(), qt.ggml_type)
+
+
+def test_thread_setting_restored_after_a_failing_band(two_threads):
+    def broken(rows, importance):
+        raise RuntimeError("band failed")
+
+    qt = quant.QuantType("BROKEN", T.Q8_0, broken)
+    with pytest.raises(RuntimeError, match="band failed"):
+        qt.encode(torch.zeros(64, 4096))
+    assert torch.get_num_threads() == 2
