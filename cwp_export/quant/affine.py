@@ -41,7 +41,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from . import QuantType, register
-from .cfloat import seq_sum0
+from .cfloat import script, seq_acc, seq_sum0
 
 QK = 32      # legacy block size
 QK_K = 256   # K-type super-block size
@@ -93,6 +93,19 @@ def _nearest_int(v: torch.Tensor) -> torch.Tensor:
     Returns int32."""
     bits = (v + 12582912.0).view(torch.int32)
     return torch.where(torch.isnan(v), 0, (bits & 0x7FFFFF) - 0x400000)
+
+
+def _nearest_int_arith(v: torch.Tensor) -> torch.Tensor:
+    """:func:`_nearest_int` without reinterpreting bits (TorchScript reads ``.view(torch.int32)``
+    as a reshape): the low 23 bits of a normal float32 f = m·2^e (½ <= |m| < 1) are
+    |m|·2²⁴ − 2²³, exact in float32; 0 and ±inf have none. Equal to :func:`_nearest_int` for
+    every input (pinned by ``tests/quant/test_affine.py``)."""
+    f = v + 12582912.0
+    m, _ = torch.frexp(f)
+    mant = m.abs() * 16777216.0 - 8388608.0
+    mant = torch.where(torch.isfinite(f) & (f != 0), mant, torch.zeros_like(mant))
+    q = mant.to(torch.int32) - 4194304
+    return torch.where(torch.isnan(v), torch.zeros_like(q), q)
 
 
 def _fp16_round(v: torch.Tensor) -> torch.Tensor:
@@ -164,61 +177,63 @@ def _qkx(x: torch.Tensor, w: torch.Tensor, nmax: int, rmin: float, rdelta: float
     nums = [float(_f32(rmin) + _f32(rdelta) * _f32(s) + _f32(nmax)) for s in range(nstep + 1)]
     for g0 in range(0, G, chunk):
         g1 = min(G, g0 + chunk)
-        sc, mn, L = _qkx_chunk(x[:, g0:g1], w[:, g0:g1], nmax, nums, use_mad, signed_zero)
+        sc, mn, L = _qkx_chunk_fast(x[:, g0:g1], w[:, g0:g1], nmax, nums, use_mad, signed_zero)
         out_scale[g0:g1], out_min[g0:g1], out_L[:, g0:g1] = sc, mn, L
     return out_scale, out_min, out_L
 
 
-def _quant_levels(v: torch.Tensor, nmax: int, exact: bool) -> torch.Tensor:
-    """MAX(0, MIN(nmax, nearest_int(v))) as float; ``exact`` reproduces nearest_int's bit pattern
-    for |v| > 2²²−1, inf and NaN (only needed when a group's scale can blow up)."""
-    if exact:
-        return _nearest_int(v).clamp_(0, nmax).to(torch.float32)
-    return v.round_().clamp_(0, nmax)
+def _levels(x: torch.Tensor, mx: torch.Tensor, dmin: torch.Tensor, flat: torch.Tensor,
+            iscale: torch.Tensor, mn: torch.Tensor, nmax: int) -> torch.Tensor:
+    """``MAX(0, MIN(nmax, nearest_int(iscale*(x - min))))`` as float. Where every |v| stays within
+    2²²−1 that is round-half-even; otherwise (a group whose scale blew up, inf, NaN) the exact
+    bit pattern of ``nearest_int`` is reproduced. Flat groups (max <= min: C returns before the
+    search) are left out of that check: their levels are never taken and end up 0."""
+    # largest |x - mn| of a group: max(|mx - mn|, |dmin - mn|); as dmin <= mx, one of the two
+    # differences below is that maximum and the other is not larger (NaN propagates)
+    span = torch.maximum(mx - mn, mn - dmin)
+    v = (x - mn) * iscale
+    if bool(((iscale.abs() * span <= 4194303.0) | flat).all()):
+        return v.round_().clamp_(0, nmax)
+    return _nearest_int_arith(v).clamp_(0, nmax).to(torch.float32)
 
 
-def _qkx_chunk(x, w, nmax, nums, use_mad, signed_zero):
+def _group_error(x: torch.Tensor, w: torch.Tensor, scale: torch.Tensor, mn: torch.Tensor,
+                 L: torch.Tensor, use_mad: bool) -> torch.Tensor:
+    """``Σ w·|scale·L + min − x|`` (or squared), each group summed in order."""
+    diff = scale * L
+    diff += mn
+    diff -= x
+    diff = diff.abs_() if use_mad else diff.mul_(diff)
+    return seq_sum0(diff.mul_(w))
+
+
+def _qkx_chunk(x: torch.Tensor, w: torch.Tensor, nmax: int, nums: list[float], use_mad: bool,
+               signed_zero: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The search for one chunk of groups (TorchScript-compatible: scripted below)."""
     n, G = x.shape
     dmin, mx = _minmax(x, signed_zero)
-    sum_w = w[0].clone()
+    # C: sum_w = w[0], sum_x = w[0]*x[0], then += for i >= 1
+    sum_w = seq_acc(w[:1].clone(), w[1:])
     wx = w * x
-    sum_x = wx[0].clone()
-    for i in range(1, n):
-        sum_w += w[i]
-        sum_x += wx[i]
-    del wx
+    sum_x = seq_acc(wx[:1].clone(), wx[1:])
     mn = torch.where(dmin > 0, 0.0, dmin)
     flat = mx <= mn
-
-    def levels(iscale: torch.Tensor, mn: torch.Tensor) -> torch.Tensor:
-        # largest |x - mn| of the group: max(|mx - mn|, |dmin - mn|), and since dmin <= mx one of
-        # the two differences below is that maximum and the other is not larger (NaN propagates)
-        span = torch.maximum(mx - mn, mn - dmin)
-        exact = not bool((iscale.abs() * span <= 4194303.0).all())
-        return _quant_levels((x - mn) * iscale, nmax, exact)
-
-    def error(scale: torch.Tensor, mn: torch.Tensor, L: torch.Tensor) -> torch.Tensor:
-        diff = scale * L
-        diff += mn
-        diff -= x
-        diff = diff.abs_() if use_mad else diff.mul_(diff)
-        return _seqsum(diff.mul_(w))
-
-    iscale = _div(float(nmax), mx - mn, x)
-    scale = _div(1.0, iscale, x)
-    best = error(scale, mn, levels(iscale, mn))
+    one = torch.ones((), dtype=torch.float32, device=x.device)
+    iscale = (one * float(nmax)) / (mx - mn)
+    scale = one / iscale
+    best = _group_error(x, w, scale, mn, _levels(x, mx, dmin, flat, iscale, mn, nmax), use_mad)
     # The levels of the winner are recomputed at the end from its (iscale, min) instead of being
     # copied out of every improving candidate.
     sel_iscale, sel_min = iscale, mn
     buf = torch.empty((n, 3, G), dtype=torch.float32, device=x.device)
     wl, wl2, wlx = buf[:, 0], buf[:, 1], buf[:, 2]
     for num in nums:
-        isc = _div(num, mx - mn, x)
-        lq = levels(isc, mn)
+        isc = (one * num) / (mx - mn)
+        lq = _levels(x, mx, dmin, flat, isc, mn, nmax)
         torch.mul(lq, w, out=wl)
         torch.mul(wl, lq, out=wl2)
         torch.mul(wl, x, out=wlx)
-        sums = _seqsum(buf)                    # sum_l, sum_l2, sum_xl, each left to right
+        sums = seq_sum0(buf)                    # sum_l, sum_l2, sum_xl, each left to right
         s_l, s_l2, s_xl = sums[0], sums[1], sums[2]
         D = sum_w * s_l2 - s_l * s_l
         ts = (sum_w * s_xl - sum_x * s_l) / D
@@ -226,17 +241,20 @@ def _qkx_chunk(x, w, nmax, nums, use_mad, signed_zero):
         pos = tm > 0
         tm = torch.where(pos, 0.0, tm)
         ts = torch.where(pos, s_xl / s_l2, ts)
-        mad = error(ts, tm, lq)
+        mad = _group_error(x, w, ts, tm, lq, use_mad)
         take = (D > 0) & (mad < best)           # C: strict <, so the first best candidate stays
         best = torch.where(take, mad, best)
         scale = torch.where(take, ts, scale)
         sel_iscale = torch.where(take, isc, sel_iscale)
         sel_min = torch.where(take, mn, sel_min)
         mn = torch.where(take, tm, mn)
-    L = levels(sel_iscale, sel_min)
+    L = _levels(x, mx, dmin, flat, sel_iscale, sel_min, nmax)
     scale = torch.where(flat, 0.0, scale)
     L = torch.where(flat, 0.0, L)
     return scale, mn, L
+
+
+_qkx_chunk_fast = script(_qkx_chunk)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -245,32 +263,36 @@ def _qkx_chunk(x, w, nmax, nums, use_mad, signed_zero):
 def _qp(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torch.Tensor]:
     """``make_qp_quants`` for groups x, w of shape [n, G]. Returns (scale [G], L [n, G] int32 as
     the uint8 C stores)."""
+    nums = [float(_f32(0.1) * _f32(s) + _f32(nmax)) for s in range(-4, 5) if s != 0]
+    return _qp_fast(x, w, nmax, nums, float(_f32(1e-15)))
+
+
+def _qp_script(x: torch.Tensor, w: torch.Tensor, nmax: int, nums: list[float],
+               eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     n = x.shape[0]
+    one = torch.ones((), dtype=torch.float32, device=x.device)
     mx = torch.zeros_like(x[0])
     for i in range(n):                      # MAX(max, x[i]) from 0, NaN semantics included
         mx = torch.where(mx > x[i], mx, x[i])
-    zero = mx < float(_f32(1e-15))
-    iscale = _div(float(nmax), mx, x)
-    Lu = (_nearest_int(iscale * x) & 0xFF).to(torch.float32)
-    scale = _div(1.0, iscale, x)
+    zero = mx < eps
+    iscale = (one * float(nmax)) / mx
+    Lu = (_nearest_int_arith(iscale * x) & 0xFF).to(torch.float32)
+    scale = one / iscale
     d = x - scale * Lu
-    best = _seqsum(w * d * d)
-    steps = [s for s in range(-4, 5) if s != 0]
-    nums = torch.tensor([float(_f32(0.1) * _f32(s) + _f32(nmax)) for s in steps],
-                        dtype=torch.float32, device=x.device)
-    isc = nums[:, None] / mx[None]                                       # [8, G]
-    lq = _nearest_int(isc[None] * x[:, None]).clamp_(max=nmax).to(torch.float32)
-    d = x[:, None] - _div(1.0, isc, x)[None] * lq
-    mse = _seqsum(w[:, None] * d * d)
-    mse = torch.where(torch.isnan(mse), torch.inf, mse)
+    best = seq_sum0(w * d * d)
+    isc = torch.tensor(nums, dtype=torch.float32, device=x.device)[:, None] / mx[None]  # [8, G]
+    lq = _nearest_int_arith(isc[None] * x[:, None]).clamp_(max=nmax).to(torch.float32)
+    d = x[:, None] - (one / isc)[None] * lq
+    mse = seq_sum0(w[:, None] * d * d)
+    mse = torch.where(torch.isnan(mse), torch.full_like(mse, float("inf")), mse)
     bi = mse.argmin(0, keepdim=True)
     take = mse.gather(0, bi)[0] < best
     iscale = torch.where(take, isc.gather(0, bi)[0], iscale)
-    li = _nearest_int(iscale * x).clamp_(max=nmax)
+    li = _nearest_int_arith(iscale * x).clamp_(max=nmax)
     lf = li.to(torch.float32)
     wx = w * x
-    sumlx = _seqsum(wx * lf)
-    suml2 = _seqsum(w * lf * lf)
+    sumlx = seq_sum0(wx * lf)
+    suml2 = seq_sum0(w * lf * lf)
     L = li & 0xFF
     Lf = L.to(torch.float32)
     for _ in range(5):  # a pass without change leaves the state as it was: no need to break early
@@ -279,7 +301,7 @@ def _qp(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torc
             slx = sumlx - wxi * li_
             sl2 = suml2 - wi * li_ * li_
             ok = (slx > 0) & (sl2 > 0)
-            new_l = _nearest_int(xi * sl2 / slx).clamp_(max=nmax)
+            new_l = _nearest_int_arith(xi * sl2 / slx).clamp_(max=nmax)
             ok &= new_l != L[i]
             nf = new_l.to(torch.float32)
             slx = slx + wxi * nf
@@ -289,10 +311,13 @@ def _qp(x: torch.Tensor, w: torch.Tensor, nmax: int) -> tuple[torch.Tensor, torc
             Lf[i] = L[i].to(torch.float32)
             sumlx = torch.where(ok, slx, sumlx)
             suml2 = torch.where(ok, sl2, suml2)
-    out = torch.where(suml2 > 0, sumlx / suml2, 0.0)
-    out = torch.where(zero, 0.0, out)
-    L = torch.where(zero[None], 0, L)
+    out = torch.where(suml2 > 0, sumlx / suml2, torch.zeros_like(sumlx))
+    out = torch.where(zero, torch.zeros_like(out), out)
+    L = torch.where(zero[None], torch.zeros_like(L), L)
     return out, L
+
+
+_qp_fast = script(_qp_script)
 
 
 # ----------------------------------------------------------------------------------------------

@@ -38,15 +38,15 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from . import QuantType, register
-from .cfloat import seq_sum0
+from .cfloat import script, seq_sum0
 
 _F32 = torch.float32
 GROUP_MAX_EPS = float(np.float32(1e-15))
 QK_K = 256
-# Elements per row chunk. Working memory is a few float32 [blocks, 19 candidates] buffers per
-# chunk; on CPU a chunk of 2^19 keeps them near cache size, on a GPU bigger chunks mean fewer
+# Elements per row chunk. Working memory is a few float32 [19 candidates, blocks] buffers per
+# chunk; on CPU a chunk of 2^17 keeps them near a core's cache, on a GPU bigger chunks mean fewer
 # kernel launches.
-_CHUNK_CPU = 1 << 19
+_CHUNK_CPU = 1 << 17
 _CHUNK_CUDA = 1 << 23
 
 KVALUES_IQ4NL = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
@@ -185,12 +185,19 @@ def make_qx_quants(x: torch.Tensor, nmax: int,
     choice (strict ``>``, so the first best candidate wins) is then replayed over the candidates.
     """
     lead, n = x.shape[:-1], x.shape[-1]
-    x = x.reshape(-1, n)
-    w = w.reshape(-1, n)
-    amax, mx = _first_absmax(x)
-    zero = amax < GROUP_MAX_EPS
+    scale, L = _qx_search(x.reshape(-1, n), w.reshape(-1, n), nmax,
+                          _candidate_iscale_numerators(nmax), GROUP_MAX_EPS)
+    return scale.reshape(lead), L.reshape(*lead, n)
+
+
+def _qx_search_script(x: torch.Tensor, w: torch.Tensor, nmax: int, numerators: list[float],
+                      eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`make_qx_quants` on [B, n] blocks (TorchScript-compatible: scripted below)."""
+    n = x.shape[1]
+    amax, mx = _first_absmax(x, -1)
+    zero = amax < eps
     mx = torch.where(zero, torch.ones_like(mx), mx)
-    nums = torch.tensor(_candidate_iscale_numerators(nmax), dtype=_F32, device=x.device)
+    nums = torch.tensor(numerators, dtype=torch.float32, device=x.device)
     # candidate-major [C, B] slabs: every op below runs over long contiguous rows of blocks
     iscale = nums.unsqueeze(-1) / mx                                   # [C, B]
     xt = x.t().contiguous()                                            # [n, B]
@@ -206,9 +213,9 @@ def make_qx_quants(x: torch.Tensor, nmax: int,
         if i == 0:  # 0.0f + first term (turns -0 into +0 like the C accumulator)
             torch.mul(wxt[0], lv, out=sumlx).add_(0.0)
             torch.mul(wt[0], lv, out=suml2).mul_(lv).add_(0.0)
-            continue
-        sumlx.add_(torch.mul(wxt[i], lv, out=tmp))
-        suml2.add_(torch.mul(wt[i], lv, out=tmp).mul_(lv))
+        else:
+            sumlx.add_(torch.mul(wxt[i], lv, out=tmp))
+            suml2.add_(torch.mul(wt[i], lv, out=tmp).mul_(lv))
     zero_f = torch.zeros_like(mx)
     s0, q0 = sumlx[0], suml2[0]
     scale = torch.where(q0 != 0, s0 / q0, zero_f)
@@ -225,7 +232,10 @@ def make_qx_quants(x: torch.Tensor, nmax: int,
     L = (chosen * x).round_().clamp_(-nmax, nmax - 1).to(torch.int64) + nmax
     L.masked_fill_(zero.unsqueeze(-1), 0)
     scale = torch.where(zero, zero_f, scale)
-    return scale.reshape(lead), L.reshape(*lead, n)
+    return scale, L
+
+
+_qx_search = script(_qx_search_script)
 
 
 def make_q3_quants(x: torch.Tensor, nmax: int = 4) -> tuple[torch.Tensor, torch.Tensor]:

@@ -88,3 +88,37 @@ def test_legacy_property(name, values, reps, imp):
     qt = quant.get(name)
     imatrix = None if importance is None else importance.numpy()
     assert qt.encode(x, importance) == ggml_quantize(x.numpy(), qt.ggml_type, imatrix)
+
+
+def test_search_runs_scripted():
+    """The searches are TorchScript (GIL-free, so row bands run in parallel); a silent fallback to
+    the Python functions would only show as a slowdown."""
+    from cwp_export.quant import affine
+
+    assert isinstance(affine._qkx_chunk_fast, torch.jit.ScriptFunction)
+    assert isinstance(affine._qp_fast, torch.jit.ScriptFunction)
+
+
+def test_arithmetic_nearest_int_equals_the_bit_trick():
+    from cwp_export.quant.affine import _nearest_int, _nearest_int_arith
+
+    g = torch.Generator().manual_seed(0)
+    mags = 10.0 ** torch.randint(-3, 39, (200_000,), generator=g).float()
+    v = torch.cat([torch.randn(200_000, generator=g) * mags,
+                   torch.tensor([float("inf"), -float("inf"), float("nan"), 0.0, -0.0,
+                                 -12582912.0, 4194303.5, -4194304.5, 8388608.0, 3e38, -3e38,
+                                 12582911.0, -12582913.0, -25165824.0])])
+    assert torch.equal(_nearest_int_arith(v), _nearest_int(v))
+
+
+@pytest.mark.parametrize("name", LEGACY + K_TYPES)
+def test_infinite_values_match(name):
+    """±inf and ±3e38 make a group's scale blow up, where C's nearest_int returns its raw bit
+    pattern (ggml's own bytes for these blocks are the oracle)."""
+    g = torch.Generator().manual_seed(5)
+    x = torch.randn(4, 256, generator=g)
+    x[0, 3], x[1, 40], x[2, 77], x[2, 78] = float("inf"), -float("inf"), 3e38, -3e38
+    qt = quant.get(name)
+    for imp in (None, torch.rand(256, generator=g) + 0.1):
+        ref = ggml_quantize(x.numpy(), qt.ggml_type, None if imp is None else imp.numpy())
+        assert qt.encode(x, imp) == ref
