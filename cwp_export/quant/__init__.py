@@ -7,6 +7,7 @@ on whatever device the tensor is on) and matches ggml's own reference quantizer 
 
 from __future__ import annotations
 
+import os
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -82,12 +83,26 @@ def _encode_split(encoder: Encoder, rows: torch.Tensor, importance: torch.Tensor
     with _THREADS_LOCK:
         torch.set_num_threads(1)
         try:
-            # fresh threads take the intra-op setting in force when they first run an op
-            with ThreadPoolExecutor(n, thread_name_prefix="cwp-encode") as pool:
-                parts = list(pool.map(lambda band: encoder(*band), bands))
+            parts = list(_pool(n).map(lambda band: encoder(*band), bands))
         finally:
             torch.set_num_threads(n)
     return b"".join(parts)
+
+
+_POOL: tuple[int, int, ThreadPoolExecutor] | None = None  # (pid, workers, pool)
+
+
+def _pool(n: int) -> ThreadPoolExecutor:
+    """The encoding workers, kept across calls (starting threads costs about a tenth of a
+    Q8_0 tensor's time). They first run an op while the intra-op setting is 1 (the caller holds
+    it there), which PyTorch then keeps for those threads. A forked child gets its own pool:
+    the parent's threads do not exist there."""
+    global _POOL
+    if _POOL is None or _POOL[0] != os.getpid() or _POOL[1] != n:
+        if _POOL is not None and _POOL[0] == os.getpid():
+            _POOL[2].shutdown(wait=False)
+        _POOL = (os.getpid(), n, ThreadPoolExecutor(n, thread_name_prefix="cwp-encode"))
+    return _POOL[2]
 
 
 _REGISTRY: dict[str, QuantType] = {}

@@ -64,7 +64,7 @@ def round_half_away_int8(y: torch.Tensor) -> torch.Tensor:
 
 
 # Blocks per step of the Q8_0 encoder: its five passes then stay in a core's cache.
-Q8_0_CHUNK_BLOCKS = 1 << 13
+Q8_0_CHUNK_BLOCKS = 1 << 14
 
 
 def encode_q8_0(x: torch.Tensor, importance: torch.Tensor | None = None) -> bytes:
@@ -72,9 +72,7 @@ def encode_q8_0(x: torch.Tensor, importance: torch.Tensor | None = None) -> byte
     out = torch.empty((flat.shape[0], 34), dtype=torch.uint8, device=flat.device)
     for b in range(0, flat.shape[0], Q8_0_CHUNK_BLOCKS):
         blocks = flat[b:b + Q8_0_CHUNK_BLOCKS]
-        lo, hi = torch.aminmax(blocks, dim=1)
-        # max |x| (abs_ turns the maximum of -0 and +0 into ggml's +0)
-        d = torch.maximum(hi, -lo).abs_() / 127.0
+        d = blocks.abs().amax(dim=1) / 127.0    # (aminmax over rows of 32 is 8x slower)
         inv = torch.where(d != 0, 1.0 / d, torch.zeros_like(d))
         q = round_half_away_int8(blocks * inv[:, None])
         out[b:b + Q8_0_CHUNK_BLOCKS, 2:] = q.view(torch.uint8)

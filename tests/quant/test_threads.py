@@ -65,3 +65,25 @@ def test_thread_setting_restored_after_a_failing_band(two_threads):
     with pytest.raises(RuntimeError, match="band failed"):
         qt.encode(torch.zeros(64, 4096))
     assert torch.get_num_threads() == 2
+
+
+def _encode_and_report(queue):
+    x = torch.randn(64, 4096, generator=torch.Generator().manual_seed(6))
+    queue.put(quant.get("Q8_0").encode(x) == ggml_quantize(x.numpy(), T.Q8_0))
+
+
+def test_forked_child_gets_its_own_workers(two_threads):
+    """The worker pool survives between calls; a child forked after the parent used it must not
+    wait on the parent's threads (which do not exist in the child)."""
+    import multiprocessing
+
+    quant.get("Q8_0").encode(torch.randn(64, 4096))             # the parent's pool now exists
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_encode_and_report, args=(queue,))
+    child.start()
+    child.join(timeout=120)
+    if child.is_alive():
+        child.kill()
+        pytest.fail("encoding in a forked child hung")
+    assert child.exitcode == 0 and queue.get(timeout=5) is True
