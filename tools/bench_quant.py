@@ -4,12 +4,14 @@
                                 [--model-preset Q4_K_M] [--out bench-results/quant.json]
 
 1. Encoder throughput (weights/s) on the same float32 tensor, with 1 and 2 threads, with and
-   without a per-column importance, for each type: ours (``QuantType.encode``) vs ggml's
+   without a per-column importance, for each type: ours (``QuantType.encode`` under
+   ``torch.set_num_threads(threads)``, which splits the rows into one band per thread) vs ggml's
    ``ggml_quantize_chunk`` (through ctypes in llama-cpp-python's libggml-base). ggml's quantizer
-   runs single-threaded per call, so its 2-thread figure splits the rows over two threads.
-2. Whole-model preset (default Q4_K_M) of SmolLM2: wall time and peak RSS of ``cwp-export --quant
-   Q4_K_M`` from the Hugging Face folder vs llama.cpp's quantizer (``llama_model_quantize``, the
-   code behind llama-quantize) from the F16 GGUF of the same model, each in a fresh process.
+   runs single-threaded per call, so its 2-thread figure splits the rows over two threads too.
+2. Whole-model preset (default Q4_K_M) of SmolLM2: wall time and peak RSS of ``cwp-export
+   --protect 0 --quant Q4_K_M`` (a plain export, no scoring) from the Hugging Face folder vs
+   llama.cpp's quantizer (``llama_model_quantize``, the code behind llama-quantize) from the F16
+   GGUF of the same model, each in a fresh process.
 
 Numbers go to the JSON file; ratios are ours/theirs (throughput: > 1 means we are faster).
 """
@@ -99,7 +101,7 @@ def bench_model(preset: str) -> dict:
         f16 = export(folder, quant="F16", outdir=Path(tmp) / "f16", progress=False,
                      argv=[]).model_path
         ours = _run([sys.executable, "-m", "cwp_export.cli", str(folder), "--quant", preset,
-                     "-o", str(Path(tmp) / "ours"), "--no-progress"])
+                     "--protect", "0", "-o", str(Path(tmp) / "ours"), "--no-progress"])
         theirs = _run([sys.executable, "-c",
                        "import sys; from cwp_export.testing import llamacpp_quantize as q; "
                        f"q(sys.argv[1], sys.argv[2], {preset!r})", str(f16),

@@ -69,23 +69,23 @@ def _encode_split(encoder: Encoder, rows: torch.Tensor, importance: torch.Tensor
     Rows are independent in every GGML type, so the bands' bytes simply join. The encoders run
     hundreds of small element-wise ops per block: one OpenMP team per op spends more time waking
     threads than working, while whole bands per thread scale with the cores (PyTorch drops the GIL
-    inside each op). The workers run with one intra-op thread each; the caller's setting is
+    inside each op, and the TorchScript searches run without it). The workers run with one intra-op thread each; the caller's setting is
     restored afterwards.
     """
-    n = torch.get_num_threads()
-    if rows.device.type != "cpu" or n < 2 or rows.numel() < PARALLEL_MIN_ELEMENTS \
+    threads = torch.get_num_threads()
+    if rows.device.type != "cpu" or threads < 2 or rows.numel() < PARALLEL_MIN_ELEMENTS \
             or rows.shape[0] < 2:
         return encoder(rows, importance)
-    n = min(n, rows.shape[0])
+    n = min(threads, rows.shape[0])
     bounds = [rows.shape[0] * k // n for k in range(n + 1)]
     bands = [(rows[a:b], importance[a:b] if importance is not None and importance.ndim == 2
               else importance) for a, b in zip(bounds, bounds[1:])]
     with _THREADS_LOCK:
         torch.set_num_threads(1)
         try:
-            parts = list(_pool(n).map(lambda band: encoder(*band), bands))
+            parts = list(_pool(threads).map(lambda band: encoder(*band), bands))
         finally:
-            torch.set_num_threads(n)
+            torch.set_num_threads(threads)
     return b"".join(parts)
 
 

@@ -29,9 +29,11 @@ by details that are reproduced exactly:
   divisions by constants against device tensors (PyTorch turns ``cuda_tensor / python_scalar``
   into a multiplication by the reciprocal).
 
-Performance: every step is a handful of PyTorch ops over all blocks, so a GPU runs it fast; on
-CPU one thread reaches roughly 0.5–0.8× ggml's single-threaded speed. On oversubscribed CPUs an
-OpenMP team per op costs far more than it gains: prefer ``torch.set_num_threads(1)`` per worker.
+Performance: every step is a handful of PyTorch ops over all blocks, so a GPU runs it fast. On
+CPU the searches (``_qkx_chunk``, ``_qp_script``) run as TorchScript: the same ATen ops in the
+same order, but the loops run in C++ without the GIL, so the row bands that
+``QuantType.encode`` hands to one worker per thread run in parallel. One thread then reaches
+about ggml's single-threaded speed for Q4_K (see ``tools/bench_quant.py``).
 """
 
 from __future__ import annotations
@@ -47,9 +49,11 @@ QK = 32      # legacy block size
 QK_K = 256   # K-type super-block size
 
 # Elements per chunk of the scale/min search (bounds its [n, groups] temporaries) and
-# elements per top-level chunk of rows (bounds whole-tensor temporaries for huge tensors).
-SEARCH_CHUNK = {"cpu": 1 << 18, "cuda": 1 << 24}
-ROW_CHUNK = {"cpu": 1 << 19, "cuda": 1 << 25}
+# elements per top-level chunk of rows (bounds whole-tensor temporaries for huge tensors). On CPU
+# both stay small enough to reuse heap memory (whole-tensor temporaries of a 6M-weight matrix
+# cost ~20% in page faults) and large enough that the per-op overhead stays small.
+SEARCH_CHUNK = {"cpu": 1 << 19, "cuda": 1 << 24}
+ROW_CHUNK = {"cpu": 1 << 20, "cuda": 1 << 25}
 
 
 # ----------------------------------------------------------------------------------------------

@@ -57,6 +57,17 @@ def test_bands_match_ggml(name, two_threads):
     assert qt.encode(x) == ggml_quantize(x.numpy(), qt.ggml_type)
 
 
+def test_more_threads_than_rows_restores_the_setting():
+    before = torch.get_num_threads()
+    torch.set_num_threads(4)
+    try:
+        x = torch.randn(3, 65536)                         # 3 bands for 4 threads
+        assert quant.get("Q8_0").encode(x) == ggml_quantize(x.numpy(), T.Q8_0)
+        assert torch.get_num_threads() == 4
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_thread_setting_restored_after_a_failing_band(two_threads):
     def broken(rows, importance):
         raise RuntimeError("band failed")
