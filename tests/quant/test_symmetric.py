@@ -143,3 +143,24 @@ def test_block_property(name, blocks, imp):
     qt = quant.get(name)
     ref = ggml_quantize(x.numpy(), qt.ggml_type, None if importance is None else importance.numpy())
     assert qt.encode(x, importance) == ref
+
+
+def test_first_absmax_equals_the_scan():
+    """The amax/amin shortcut gives the scan's (amax, first signed extreme) for every block:
+    ties between +a and -a (the first wins), NaN (never wins), ±inf, zeros and -0."""
+    g = torch.Generator().manual_seed(7)
+    x = torch.randn(4096, 32, generator=g)
+    x[0] = 0.0
+    x[1] = -0.0
+    x[2, 3], x[2, 7] = 5.0, -5.0
+    x[3, 1], x[3, 9] = -5.0, 5.0
+    x[4, 2] = float("nan")
+    x[5] = float("nan")
+    x[6, 4] = float("inf")
+    x[7, 4], x[7, 5] = -float("inf"), float("inf")
+    x[8, 0], x[8, 1] = -0.0, 0.0
+    x[9:1000] = torch.randint(-3, 4, (991, 32), generator=g).float()   # many ties
+    fast, scan = symmetric._first_absmax(x), symmetric._first_absmax_scan(x)
+    for a, b in zip(fast, scan):
+        assert torch.equal(a, b)
+        assert torch.equal(torch.signbit(a), torch.signbit(b))
