@@ -43,10 +43,12 @@ from .cfloat import script, seq_sum0
 _F32 = torch.float32
 GROUP_MAX_EPS = float(np.float32(1e-15))
 QK_K = 256
-# Elements per row chunk. Working memory is a few float32 [19 candidates, blocks] buffers per
-# chunk; on CPU a chunk of 2^17 keeps them near a core's cache, on a GPU bigger chunks mean fewer
-# kernel launches.
+# Elements per row chunk. A candidate search (make_qx_quants: Q6_K, Q3_K, the imatrix paths)
+# works on a few float32 [19 candidates, blocks] buffers per chunk: on CPU 2^17 elements keep them
+# near a core's cache. The one-pass legacy paths (Q4_0/Q5_0 without importance) only pay per-op
+# overhead, so they take 2^19. On a GPU bigger chunks mean fewer kernel launches.
 _CHUNK_CPU = 1 << 17
+_CHUNK_CPU_ONE_PASS = 1 << 19
 _CHUNK_CUDA = 1 << 23
 
 KVALUES_IQ4NL = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69, 89, 113)
@@ -164,7 +166,8 @@ def _encode(x: torch.Tensor, importance: torch.Tensor | None, align: int, fn,
     if importance is not None:
         importance = importance.to(device=x.device, dtype=_F32)
     sigma2 = _row_sigma2(x) if row_sigma2 and importance is not None else None
-    per = _CHUNK_CUDA if x.is_cuda else _CHUNK_CPU
+    one_pass = row_sigma2 and importance is None
+    per = _CHUNK_CUDA if x.is_cuda else _CHUNK_CPU_ONE_PASS if one_pass else _CHUNK_CPU
     step = max(1, per // max(1, x.shape[1]))
     parts = []
     for r in range(0, x.shape[0], step):

@@ -90,10 +90,12 @@ def test_chunked_rows_match_whole(monkeypatch):
     """Row chunking (for memory) must not change a byte, with per-element importance too."""
     x = torch.randn(24, 512)
     imp = torch.rand(24, 512) + 0.1
-    whole = {n: quant.get(n).encode(x, imp) for n in EXACT + NEAR}
+    whole = {(n, i): quant.get(n).encode(x, imp if i else None) for n in EXACT + NEAR
+             for i in (0, 1)}
     monkeypatch.setattr(symmetric, "_CHUNK_CPU", 1000)  # one or two rows per chunk
-    for n in EXACT + NEAR:
-        assert quant.get(n).encode(x, imp) == whole[n], n
+    monkeypatch.setattr(symmetric, "_CHUNK_CPU_ONE_PASS", 1000)
+    for (n, i), ref in whole.items():
+        assert quant.get(n).encode(x, imp if i else None) == ref, n
 
 
 def test_nearest_int_is_ggmls_magic_number_trick():
