@@ -43,7 +43,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from . import QuantType, register
-from .cfloat import script, seq_acc, seq_sum0
+from .cfloat import nearest_int_float, script, seq_acc, seq_sum0
 
 QK = 32      # legacy block size
 QK_K = 256   # K-type super-block size
@@ -100,16 +100,9 @@ def _nearest_int(v: torch.Tensor) -> torch.Tensor:
 
 
 def _nearest_int_arith(v: torch.Tensor) -> torch.Tensor:
-    """:func:`_nearest_int` without reinterpreting bits (TorchScript reads ``.view(torch.int32)``
-    as a reshape): the low 23 bits of a normal float32 f = m·2^e (½ <= |m| < 1) are
-    |m|·2²⁴ − 2²³, exact in float32; 0 and ±inf have none. Equal to :func:`_nearest_int` for
-    every input (pinned by ``tests/quant/test_affine.py``)."""
-    f = v + 12582912.0
-    m, _ = torch.frexp(f)
-    mant = m.abs() * 16777216.0 - 8388608.0
-    mant = torch.where(torch.isfinite(f) & (f != 0), mant, torch.zeros_like(mant))
-    q = mant.to(torch.int32) - 4194304
-    return torch.where(torch.isnan(v), torch.zeros_like(q), q)
+    """:func:`_nearest_int` for TorchScript (no bit view): equal for every input (pinned by
+    ``tests/quant/test_affine.py``)."""
+    return nearest_int_float(v).to(torch.int32)
 
 
 def _fp16_round(v: torch.Tensor) -> torch.Tensor:

@@ -37,6 +37,19 @@ def seq_sum0(t: torch.Tensor) -> torch.Tensor:
     return seq_acc(torch.zeros_like(t[:1]), t)
 
 
+def nearest_int_float(v: torch.Tensor) -> torch.Tensor:
+    """ggml's ``nearest_int`` (add 1.5·2²³ in float32, keep the low 23 mantissa bits, subtract
+    2²²) as float32, without reinterpreting bits (TorchScript reads ``.view(torch.int32)`` as a
+    reshape). The low 23 bits of a normal float32 f = m·2^e (½ <= |m| < 1) are |m|·2²⁴ − 2²³,
+    exact in float32; 0 and ±inf have none, NaN gives 0 (x86's default NaN has no payload).
+    Round half to even for |v| < 2²², the same garbage as C beyond."""
+    f = v + 12582912.0
+    m, _ = torch.frexp(f)
+    mant = m.abs() * 16777216.0 - 8388608.0
+    mant = torch.where(torch.isfinite(f) & (f != 0), mant, torch.zeros_like(mant))
+    return torch.where(torch.isnan(f), torch.zeros_like(mant), mant - 4194304.0)
+
+
 def script(fn: Callable) -> Callable:
     """``torch.jit.script(fn)``, or ``fn`` itself where TorchScript is unavailable.
 

@@ -38,7 +38,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from . import QuantType, register
-from .cfloat import script, seq_sum0
+from .cfloat import nearest_int_float, script, seq_sum0
 
 _F32 = torch.float32
 GROUP_MAX_EPS = float(np.float32(1e-15))
@@ -79,13 +79,6 @@ def _div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
     if not isinstance(b, torch.Tensor):
         b = torch.tensor(b, dtype=_F32, device=a.device)
     return torch.div(a, b)
-
-
-def _nearest_int_f(v: torch.Tensor) -> torch.Tensor:
-    """:func:`nearest_int` as float32, without the NaN guard (for values whose NaNs are unused):
-    the low mantissa bits are put back under the exponent of 2²³ and 1.5·2²³ is subtracted."""
-    bits = ((v + 12582912.0).view(torch.int32) & 0x007FFFFF) | 0x4B000000
-    return bits.view(_F32) - 12582912.0
 
 
 def _seq_sum(p: torch.Tensor) -> torch.Tensor:
@@ -267,21 +260,28 @@ def make_q3_quants(x: torch.Tensor, nmax: int = 4) -> tuple[torch.Tensor, torch.
     revisits the blocks that changed in the one before (typically a fifth, then a twentieth).
     """
     lead, n = x.shape[:-1], x.shape[-1]
-    x = x.reshape(-1, n)
+    scale, L = _q3_search(x.reshape(-1, n), nmax, GROUP_MAX_EPS)
+    return scale.reshape(lead), L.reshape(*lead, n)
+
+
+def _q3_search_script(x: torch.Tensor, nmax: int, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`make_q3_quants` on [G, n] blocks (TorchScript-compatible: scripted below)."""
+    n = x.shape[1]
     amax, mx = _first_absmax(x)
     xt = x.t().contiguous()                                             # [n, G] element-major
-    zero = amax < GROUP_MAX_EPS
+    zero = amax < eps
     mx = torch.where(zero, torch.ones_like(mx), mx)
-    iscale = _div(float(-nmax), mx)
+    iscale = torch.full_like(mx, float(-nmax)) / mx
     # |iscale·x| <= nmax here, where nearest_int is exactly round-half-even (torch.round)
     Lt = (iscale * xt).round_().clamp_(-nmax, nmax - 1)
     wt = xt * xt
     wxt = wt * xt
-    sumlx = _seq_sum0(wxt * Lt)
-    suml2 = _seq_sum0((wt * Lt) * Lt)
-    active = None  # all blocks
+    sumlx = seq_sum0(wxt * Lt)
+    suml2 = seq_sum0((wt * Lt) * Lt)
+    active = torch.arange(x.shape[0], device=x.device)
+    first = True
     for _ in range(5):
-        if active is None:
+        if first:
             ax, aw, awx, aL, slx_all, sl2_all = xt, wt, wxt, Lt, sumlx, suml2
         else:
             ax, aw, awx, aL = xt[:, active], wt[:, active], wxt[:, active], Lt[:, active]
@@ -291,7 +291,7 @@ def make_q3_quants(x: torch.Tensor, nmax: int = 4) -> tuple[torch.Tensor, torch.
             xi, wi, wxi, Li = ax[i], aw[i], awx[i], aL[i]
             slx = slx_all - wxi * Li
             sl2 = sl2_all - (wi * Li).mul_(Li)
-            new_l = _nearest_int_f((xi * sl2).div_(slx)).clamp_(-nmax, nmax - 1)
+            new_l = nearest_int_float((xi * sl2).div_(slx)).clamp_(-nmax, nmax - 1)
             slx2 = slx + wxi * new_l
             sl22 = sl2 + (wi * new_l).mul_(new_l)
             # C: slx > 0 && new_l != L[i] && sl22 > 0 && slx2²·suml2 > sumlx²·sl22. For floats
@@ -304,9 +304,10 @@ def make_q3_quants(x: torch.Tensor, nmax: int = 4) -> tuple[torch.Tensor, torch.
             slx_all = torch.where(take, slx2, slx_all)
             sl2_all = torch.where(take, sl22, sl2_all)
             changed |= take
-        if active is None:
+        if first:
             sumlx, suml2 = slx_all, sl2_all
             active = changed.nonzero().squeeze(-1)
+            first = False
         else:
             Lt[:, active] = aL
             sumlx[active] = slx_all
@@ -317,7 +318,10 @@ def make_q3_quants(x: torch.Tensor, nmax: int = 4) -> tuple[torch.Tensor, torch.
     scale = torch.where(suml2 > 0, sumlx / suml2, torch.zeros_like(sumlx))
     scale.masked_fill_(zero, 0.0)
     L = (Lt.t().to(torch.int64) + nmax).masked_fill_(zero.unsqueeze(-1), 0)
-    return scale.reshape(lead), L.reshape(*lead, n)
+    return scale, L
+
+
+_q3_search = script(_q3_search_script)
 
 
 def _row_sigma2(rows: torch.Tensor) -> torch.Tensor:
