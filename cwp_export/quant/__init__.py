@@ -69,8 +69,8 @@ def _encode_split(encoder: Encoder, rows: torch.Tensor, importance: torch.Tensor
     Rows are independent in every GGML type, so the bands' bytes simply join. The encoders run
     hundreds of small element-wise ops per block: one OpenMP team per op spends more time waking
     threads than working, while whole bands per thread scale with the cores (PyTorch drops the GIL
-    inside each op, and the TorchScript searches run without it). The workers run with one intra-op thread each; the caller's setting is
-    restored afterwards.
+    inside each op, and the TorchScript searches run without it). The workers run with one
+    intra-op thread each; the caller's setting is restored afterwards.
     """
     threads = torch.get_num_threads()
     if rows.device.type != "cpu" or threads < 2 or rows.numel() < PARALLEL_MIN_ELEMENTS \
