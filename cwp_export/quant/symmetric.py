@@ -44,10 +44,10 @@ _F32 = torch.float32
 GROUP_MAX_EPS = float(np.float32(1e-15))
 QK_K = 256
 # Elements per row chunk. A candidate search (make_qx_quants: Q6_K, Q3_K, the imatrix paths)
-# works on a few float32 [19 candidates, blocks] buffers per chunk: on CPU 2^17 elements keep them
+# works on a few float32 [19 candidates, blocks] buffers per chunk: on CPU 2^18 elements keep them
 # near a core's cache. The one-pass legacy paths (Q4_0/Q5_0 without importance) only pay per-op
 # overhead, so they take 2^19. On a GPU bigger chunks mean fewer kernel launches.
-_CHUNK_CPU = 1 << 17
+_CHUNK_CPU = 1 << 18
 _CHUNK_CPU_ONE_PASS = 1 << 19
 _CHUNK_CUDA = 1 << 23
 
@@ -231,17 +231,20 @@ def _qx_search_script(x: torch.Tensor, w: torch.Tensor, nmax: int, numerators: l
             sumlx.add_(torch.mul(wxt[i], lv, out=tmp))
             suml2.add_(torch.mul(wt[i], lv, out=tmp).mul_(lv))
     zero_f = torch.zeros_like(mx)
-    s0, q0 = sumlx[0], suml2[0]
-    scale = torch.where(q0 != 0, s0 / q0, zero_f)
-    best = scale * s0
+    # every candidate's scale (sumlx/suml2), best value (scale·sumlx) and sumlx² at once; only
+    # the running comparison against the best so far stays sequential
+    scales = sumlx / suml2                                             # [C, B]
+    scales[0] = torch.where(suml2[0] != 0, scales[0], zero_f)          # C: 0 when suml2 == 0
+    bests = scales * sumlx
+    sq = sumlx * sumlx
+    positive = suml2 > 0
+    best = bests[0]
     choice = torch.zeros(mx.shape, dtype=torch.int64, device=x.device)
     for c in range(1, nums.numel()):
-        sx, s2 = sumlx[c], suml2[c]
-        take = (s2 > 0) & (sx * sx > best * s2)
-        new_scale = sx / s2
-        scale = torch.where(take, new_scale, scale)
-        best = torch.where(take, new_scale * sx, best)
+        take = positive[c] & (sq[c] > best * suml2[c])
+        best = torch.where(take, bests[c], best)
         choice.masked_fill_(take, c)
+    scale = scales.gather(0, choice.unsqueeze(0))[0]
     chosen = iscale.gather(0, choice.unsqueeze(0)).t()
     L = (chosen * x).round_().clamp_(-nmax, nmax - 1).to(torch.int64) + nmax
     L.masked_fill_(zero.unsqueeze(-1), 0)
@@ -441,7 +444,8 @@ def _q6_k_blocks(rows: torch.Tensor, importance: torch.Tensor | None, _=None) ->
     L = _requantize(xs, dq, L, 32).reshape(-1, 2, 4, 32)               # [S, half, quarter, l]
     low, high = L & 0xF, L >> 4
     ql = torch.cat([low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)], dim=2)
-    qh = (high << (2 * torch.arange(4, device=L.device))[:, None]).sum(dim=2)
+    pow4 = torch.tensor([1.0, 4.0, 16.0, 64.0], device=L.device)
+    qh = high.to(_F32).transpose(2, 3) @ pow4          # Σ high << 2·quarter, exact (<= 255)
     out = torch.cat([ql.reshape(-1, 128).to(torch.uint8), qh.reshape(-1, 64).to(torch.uint8),
                      (sc & 0xFF).to(torch.uint8), _fp16_bytes(d)], dim=1)
     return torch.where(empty.unsqueeze(-1), torch.zeros_like(out), out)  # memset(0) blocks
