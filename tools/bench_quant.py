@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import subprocess
 import sys
 import tempfile
@@ -79,17 +78,42 @@ def bench_encoders(types: list[str], rows: int, cols: int, repeat: int) -> list[
     return out
 
 
+# Runs ``python -m MODULE ...`` or ``python -c CODE ...`` and writes the process's own peak RSS
+# (VmHWM) to a file at exit. ``ru_maxrss`` from wait4 would not do here: Linux carries the
+# forking parent's high-water mark into the child, and this parent holds torch and the test
+# tensors (both runs reported this process's ~640 MiB).
+_HWM_WRAPPER = """
+import atexit, runpy, sys
+out = sys.argv.pop(1)
+def _hwm():
+    with open('/proc/self/status') as f:
+        kib = next(int(line.split()[1]) for line in f if line.startswith('VmHWM:'))
+    with open(out, 'w') as f:
+        f.write(str(kib))
+atexit.register(_hwm)
+kind, target = sys.argv.pop(1), sys.argv.pop(1)
+sys.argv[0] = target
+if kind == '-m':
+    runpy.run_module(target, run_name='__main__', alter_sys=True)
+else:
+    exec(compile(target, '<string>', 'exec'), {'__name__': '__main__'})
+"""
+
+
 def _run(cmd: list[str]) -> dict:
-    """Run ``cmd`` in a fresh process; its wall time and peak RSS (from wait4)."""
-    with tempfile.TemporaryFile() as err:
+    """Run ``cmd`` (``[python, -m|-c, target, *args]``) in a fresh process; its wall time and its
+    own peak RSS."""
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as err:
+        hwm = Path(tmp) / "vmhwm"
+        wrapped = [cmd[0], "-c", _HWM_WRAPPER, str(hwm), *cmd[1:]]
         t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
-        _, status, usage = os.wait4(proc.pid, 0)
+        proc = subprocess.run(wrapped, stdout=subprocess.DEVNULL, stderr=err)
         wall = time.perf_counter() - t0
-        if status != 0:
+        if proc.returncode != 0:
             err.seek(0)
             raise RuntimeError(f"{' '.join(cmd[:4])} failed: {err.read()[-2000:].decode()}")
-    return {"wall_s": wall, "peak_rss_bytes": usage.ru_maxrss * 1024, "cmd": cmd}
+        peak = int(hwm.read_text()) * 1024
+    return {"wall_s": wall, "peak_rss_bytes": peak, "cmd": cmd}
 
 
 def bench_model(preset: str) -> dict:
