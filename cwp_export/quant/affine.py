@@ -43,7 +43,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from . import QuantType, register
-from .cfloat import nearest_int_float, script, seq_acc, seq_sum0
+from .cfloat import nearest_int_clamped, nearest_int_float, script, seq_acc, seq_sum0
 
 QK = 32      # legacy block size
 QK_K = 256   # K-type super-block size
@@ -403,8 +403,10 @@ def _requantize(x: torch.Tensor, L: torch.Tensor, d: torch.Tensor, dm: torch.Ten
                 nmax: int) -> torch.Tensor:
     """L = clamp(nearest_int((x + dm)/d)) per sub-block; sub-blocks with d == 0 keep their L.
     x, L: [n, G]; d, dm: [G]."""
-    q = _nearest_int((x + dm[None]) / d[None]).clamp_(0, nmax)
-    return torch.where(d[None] == 0, L, q)
+    live = d != 0
+    v = (x + dm[None]) / torch.where(live, d, torch.ones_like(d))[None]
+    q = nearest_int_clamped(v, 0, nmax).to(torch.int32)
+    return torch.where(live[None], q, L)
 
 
 def _k_superblock_sumsq(xr: torch.Tensor) -> torch.Tensor:

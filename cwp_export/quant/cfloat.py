@@ -50,6 +50,17 @@ def nearest_int_float(v: torch.Tensor) -> torch.Tensor:
     return torch.where(torch.isnan(f), torch.zeros_like(mant), mant - 4194304.0)
 
 
+def nearest_int_clamped(v: torch.Tensor, lo: int, hi: int) -> torch.Tensor:
+    """``MAX(lo, MIN(hi, nearest_int(v)))`` as float32 (``v`` is overwritten). When every |v|
+    stays below 2²² (one reduction over the tensor checks; NaN fails it) that is plain
+    round-half-even; otherwise :func:`nearest_int_float` reproduces C's bit pattern."""
+    if v.numel() > 0:
+        vmin, vmax = torch.aminmax(v)
+        if not bool((vmin >= -4194303.0) & (vmax <= 4194303.0)):
+            return nearest_int_float(v).clamp_(lo, hi)
+    return v.round_().clamp_(lo, hi)
+
+
 def script(fn: Callable) -> Callable:
     """``torch.jit.script(fn)``, or ``fn`` itself where TorchScript is unavailable.
 

@@ -38,7 +38,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from . import QuantType, register
-from .cfloat import nearest_int_float, script, seq_sum0
+from .cfloat import nearest_int_clamped, nearest_int_float, script, seq_sum0
 
 _F32 = torch.float32
 GROUP_MAX_EPS = float(np.float32(1e-15))
@@ -380,10 +380,13 @@ def encode_q5_0(x: torch.Tensor, importance: torch.Tensor | None = None) -> byte
 
 def _requantize(xs: torch.Tensor, d: torch.Tensor, L: torch.Tensor, nmax: int) -> torch.Tensor:
     """Final pass of the K-quants: where a sub-block's effective scale ``d`` is non-zero,
-    ``L = clamp(nearest_int(x/d), -nmax, nmax-1) + nmax``; elsewhere the search's L stays."""
+    ``L = clamp(nearest_int(x/d), -nmax, nmax-1) + nmax``; elsewhere the search's L stays.
+    Returns uint8 (all values fit: L < 2·nmax <= 64)."""
     dd = d.unsqueeze(-1)
-    fresh = nearest_int(xs / dd).clamp_(-nmax, nmax - 1).to(torch.int64) + nmax
-    return torch.where(dd != 0, fresh, L)
+    live = dd != 0
+    v = xs / torch.where(live, dd, torch.ones_like(dd))
+    fresh = nearest_int_clamped(v, -nmax, nmax - 1).add_(nmax).to(torch.uint8)
+    return torch.where(live, fresh, L.to(torch.uint8))
 
 
 def _q3_k_blocks(rows: torch.Tensor, importance: torch.Tensor | None, _=None) -> torch.Tensor:
@@ -442,12 +445,11 @@ def _q6_k_blocks(rows: torch.Tensor, importance: torch.Tensor | None, _=None) ->
     sc = _int8(nearest_int(iscale.unsqueeze(-1) * scales).clamp_(max=127)).to(torch.int64)
     dq = _fp16_round(d).unsqueeze(-1) * sc.to(_F32)
     L = _requantize(xs, dq, L, 32).reshape(-1, 2, 4, 32)               # [S, half, quarter, l]
-    low, high = L & 0xF, L >> 4
+    low, high = L & 0xF, L >> 4                                         # uint8
     ql = torch.cat([low[:, :, 0] | (low[:, :, 2] << 4), low[:, :, 1] | (low[:, :, 3] << 4)], dim=2)
-    pow4 = torch.tensor([1.0, 4.0, 16.0, 64.0], device=L.device)
-    qh = high.to(_F32).transpose(2, 3) @ pow4          # Σ high << 2·quarter, exact (<= 255)
-    out = torch.cat([ql.reshape(-1, 128).to(torch.uint8), qh.reshape(-1, 64).to(torch.uint8),
-                     (sc & 0xFF).to(torch.uint8), _fp16_bytes(d)], dim=1)
+    qh = high[:, :, 0] | (high[:, :, 1] << 2) | (high[:, :, 2] << 4) | (high[:, :, 3] << 6)
+    out = torch.cat([ql.reshape(-1, 128), qh.reshape(-1, 64), (sc & 0xFF).to(torch.uint8),
+                     _fp16_bytes(d)], dim=1)
     return torch.where(empty.unsqueeze(-1), torch.zeros_like(out), out)  # memset(0) blocks
 
 
