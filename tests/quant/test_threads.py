@@ -1,5 +1,4 @@
-"""Multi-threaded encoding (``QuantType.encode`` splits rows into one band per torch thread) and
-the C-order float32 sums the encoders rest on."""
+"""Multi-threaded encoding: ``QuantType.encode`` splits rows into one band per torch thread."""
 
 from __future__ import annotations
 
@@ -9,7 +8,6 @@ from gguf import GGMLQuantizationType as T
 
 from cwp_export import quant
 from cwp_export.ggml_ref import quantize as ggml_quantize
-from cwp_export.quant.cfloat import seq_sum0
 
 
 @pytest.fixture
@@ -18,19 +16,6 @@ def two_threads():
     torch.set_num_threads(2)
     yield
     torch.set_num_threads(before)
-
-
-def test_seq_sum0_adds_left_to_right_in_float32():
-    g = torch.Generator().manual_seed(0)
-    for n in (1, 2, 3, 16, 17, 32, 256):
-        # wide magnitudes: any other summation order or a wider accumulator changes the last bits
-        t = torch.randn(n, 3, 1001, generator=g) * torch.exp(torch.randn(n, 3, 1001, generator=g) * 4)
-        acc = torch.zeros_like(t[0])
-        for i in range(n):
-            acc = acc + t[i]
-        assert torch.equal(seq_sum0(t), acc)
-    # C's accumulator starts at +0: a sum of negative zeros is +0
-    assert str(seq_sum0(torch.tensor([[-0.0], [-0.0]])).item()) == "0.0"
 
 
 @pytest.mark.parametrize("name", quant.names())
