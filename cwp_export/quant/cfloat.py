@@ -20,7 +20,7 @@ def seq_acc(acc: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
 
     On CPU this is one ``index_add_`` of every slice into the same row: PyTorch adds the slices
     in index order, one float32 addition each (its documented order; pinned by
-    ``tests/quant/test_threads.py``), without a Python-level op per slice. CUDA's ``index_add_``
+    ``tests/quant/test_cfloat.py``), without a Python-level op per slice. CUDA's ``index_add_``
     uses atomics in no fixed order, so other devices add slice by slice.
     """
     if t.device.type == "cpu":
