@@ -17,7 +17,7 @@ that remain run over candidates or positions inside a block, never over blocks. 
 by details that are reproduced exactly:
 
 * fp32 arithmetic in C's evaluation order (ggml-base is built without FMA contraction), with
-  *sequential* fp32 accumulation where C sums in a loop (``_seqsum``: a pairwise or fp64 sum
+  *sequential* fp32 accumulation where C sums in a loop (``seq_sum0``: a pairwise or fp64 sum
   differs in the last bit and flips roundings);
 * the scale/min search is path dependent: when a candidate improves the error, C replaces ``min``
   by the fitted min and all later candidates use it (offset and range), so candidates are visited
@@ -43,7 +43,8 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from . import QuantType, register
-from .cfloat import nearest_int_clamped, nearest_int_float, script, seq_acc, seq_sum0
+from .cfloat import (nearest_int, nearest_int_clamped, nearest_int_float, script, seq_acc,
+                     seq_sum0)
 
 QK = 32      # legacy block size
 QK_K = 256   # K-type super-block size
@@ -92,18 +93,8 @@ def _sqrt(v: torch.Tensor) -> torch.Tensor:
     return torch.sqrt(v.to(torch.float64)).to(torch.float32)
 
 
-def _nearest_int(v: torch.Tensor) -> torch.Tensor:
-    """ggml's ``nearest_int``: the 1.5·2²³ trick, i.e. round half to even for |v| ≤ 2²²−1, and the
-    same bit pattern as C beyond (inf → −2²²). Every NaN C meets here is x86's default NaN (no
-    payload: → 0); PyTorch's NaN payloads vary by code path, so NaN maps to 0 explicitly.
-    Returns int32."""
-    bits = (v + 12582912.0).view(torch.int32)
-    return torch.where(torch.isnan(v), 0, (bits & 0x7FFFFF) - 0x400000)
-
-
 def _nearest_int_arith(v: torch.Tensor) -> torch.Tensor:
-    """:func:`_nearest_int` for TorchScript (no bit view): equal for every input (pinned by
-    ``tests/quant/test_affine.py``)."""
+    """:func:`nearest_int` for TorchScript (no bit view), as int32."""
     return nearest_int_float(v).to(torch.int32)
 
 
@@ -118,9 +109,6 @@ def _fp16_bytes(v: torch.Tensor) -> torch.Tensor:
     h = v.to(torch.float16).reshape(-1, 1).view(torch.int16)
     h = torch.where(torch.isnan(v).reshape(-1, 1), (h & -0x8000) | 0x7E00, h)
     return h.view(torch.uint8)
-
-
-_seqsum = seq_sum0
 
 
 def _minmax(x: torch.Tensor, signed_zero: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -358,7 +346,7 @@ def _encode_legacy(x: torch.Tensor, importance: torch.Tensor | None, nbits: int)
             d, m, L = _legacy_ref(xc, nbits)
         else:
             xt = xr.t().contiguous()
-            sigma2 = _div(_seqsum(xt * xt), float(n_per_row), x)  # per row
+            sigma2 = _div(seq_sum0(xt * xt), float(n_per_row), x)  # per row
             sigma2 = sigma2.repeat_interleave(n_per_row // QK)
             d, m, L = _legacy_impl(xc, _columns(importance[r0:r1], QK), sigma2, nbits)
         lo = L[:16] | (L[16:] << 4) if nbits == 4 else (L[:16] & 15) | ((L[16:] & 15) << 4)
@@ -413,7 +401,7 @@ def _requantize(x: torch.Tensor, L: torch.Tensor, d: torch.Tensor, dm: torch.Ten
 
 def _k_superblock_sumsq(xr: torch.Tensor) -> torch.Tensor:
     """Σ x² over each 256-value super-block, sequentially: [rows, n_per_row] → [n_super]."""
-    return _seqsum(_columns(xr * xr, QK_K))
+    return seq_sum0(_columns(xr * xr, QK_K))
 
 
 def _k_sub(nsub: int, G_sb: int, v: torch.Tensor) -> torch.Tensor:
@@ -445,7 +433,7 @@ def _encode_k(x: torch.Tensor, importance: torch.Tensor | None, kind: str) -> by
                 wt = xc.abs()
                 scales, mins, L = _qkx(xc, wt, 3, -0.5, 0.1, 15, True)
             else:
-                av_x = _sqrt(_div(_seqsum(xc * xc), 32.0, x))
+                av_x = _sqrt(_div(seq_sum0(xc * xc), 32.0, x))
                 wt = av_x[None] + xc.abs()
                 rmin, nstep = (-1.0, 20) if kind == "Q4_K" else (-0.5, 15)
                 scales, mins, L = _qkx(xc, wt, nmax, rmin, 0.1, nstep, False)
@@ -457,18 +445,18 @@ def _encode_k(x: torch.Tensor, importance: torch.Tensor | None, kind: str) -> by
             if kind == "Q2_K":
                 q = 15.0
                 inv_s = _div(q, max_scale, x)
-                ls = _nearest_int(inv_s[None] * sc_) & 0xFF
+                ls = nearest_int(inv_s[None] * sc_) & 0xFF
                 ls = torch.where(max_scale[None] > 0, ls, 0)
                 d = torch.where(max_scale > 0, _div(max_scale, q, x), 0.0)
                 inv_m = _div(q, max_min, x)
-                lm = _nearest_int(inv_m[None] * mi_)
+                lm = nearest_int(inv_m[None] * mi_)
                 packed = torch.where(max_min[None] > 0, (ls | (lm << 4)) & 0xFF, ls)
                 dmin = torch.where(max_min > 0, _div(max_min, q, x), 0.0)
             else:
                 inv_s = torch.where(max_scale > 0, _div(63.0, max_scale, x), 0.0)
                 inv_m = torch.where(max_min > 0, _div(63.0, max_min, x), 0.0)
-                ls = (_nearest_int(inv_s[None] * sc_) & 0xFF).clamp_(max=63)
-                lm = (_nearest_int(inv_m[None] * mi_) & 0xFF).clamp_(max=63)
+                ls = (nearest_int(inv_s[None] * sc_) & 0xFF).clamp_(max=63)
+                lm = (nearest_int(inv_m[None] * mi_) & 0xFF).clamp_(max=63)
                 packed = _pack_k4(ls, lm)
                 d = _div(max_scale, 63.0, x)
                 dmin = _div(max_min, 63.0, x)
@@ -481,7 +469,7 @@ def _encode_k(x: torch.Tensor, importance: torch.Tensor | None, kind: str) -> by
                 sigma2 = _div(2.0 * sumx2, float(QK_K), x)
             s2 = sigma2.repeat_interleave(nsub)
             wt = qwc * _sqrt(s2[None] + xc * xc)
-            sw = _seqsum(wt)
+            sw = seq_sum0(wt)
             scales, mins, L = _qkx(xc, wt, nmax, -0.9, 0.05, 36, False)
             mins = -mins
             qmax = 15 if kind == "Q2_K" else 63

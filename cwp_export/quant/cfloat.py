@@ -37,12 +37,26 @@ def seq_sum0(t: torch.Tensor) -> torch.Tensor:
     return seq_acc(torch.zeros_like(t[:1]), t)
 
 
+def nearest_int(v: torch.Tensor) -> torch.Tensor:
+    """ggml's ``nearest_int``: add 1.5·2²³ in float32 and read the low mantissa bits (int32).
+
+    Identical to round-half-to-even for |v| < 2²²; beyond that it returns what the C trick
+    returns (inf → −2²²). A NaN gives 0, as on x86 (whose default NaN has only the quiet bit set
+    in its mantissa; PyTorch's NaN payloads vary by code path). Not for TorchScript, which reads
+    ``.view(torch.int32)`` as a reshape: scripted code uses :func:`nearest_int_float`.
+    """
+    s = (v.to(torch.float32) + 12582912.0).view(torch.int32)
+    i = (s & 0x007FFFFF) - 0x00400000
+    return torch.where(torch.isnan(v), torch.zeros_like(i), i)
+
+
 def nearest_int_float(v: torch.Tensor) -> torch.Tensor:
     """ggml's ``nearest_int`` (add 1.5·2²³ in float32, keep the low 23 mantissa bits, subtract
     2²²) as float32, without reinterpreting bits (TorchScript reads ``.view(torch.int32)`` as a
     reshape). The low 23 bits of a normal float32 f = m·2^e (½ <= |m| < 1) are |m|·2²⁴ − 2²³,
     exact in float32; 0 and ±inf have none, NaN gives 0 (x86's default NaN has no payload).
-    Round half to even for |v| < 2²², the same garbage as C beyond."""
+    Round half to even for |v| < 2²², the same garbage as C beyond; equal to
+    :func:`nearest_int` for every input (pinned by ``tests/quant/test_cfloat.py``)."""
     f = v + 12582912.0
     m, _ = torch.frexp(f)
     mant = m.abs() * 16777216.0 - 8388608.0

@@ -38,7 +38,7 @@ import torch
 from gguf import GGMLQuantizationType as T
 
 from . import QuantType, register
-from .cfloat import nearest_int_clamped, nearest_int_float, script, seq_sum0
+from .cfloat import nearest_int, nearest_int_clamped, nearest_int_float, script, seq_sum0
 
 _F32 = torch.float32
 GROUP_MAX_EPS = float(np.float32(1e-15))
@@ -56,18 +56,6 @@ KVALUES_IQ4NL = (-127, -104, -83, -65, -49, -35, -22, -10, 1, 13, 25, 38, 53, 69
 
 # --------------------------------------------------------------------------------------- helpers
 
-def nearest_int(v: torch.Tensor) -> torch.Tensor:
-    """ggml's ``nearest_int``: add 1.5·2²³ in float32 and read the low mantissa bits (int32).
-
-    Identical to round-half-to-even for |v| < 2²²; beyond that it returns what the C trick
-    returns.
-    A NaN gives 0, as on x86 (whose default NaN has only the quiet bit set in its mantissa).
-    """
-    s = (v.to(_F32) + 12582912.0).view(torch.int32)
-    i = (s & 0x007FFFFF) - 0x00400000
-    return torch.where(torch.isnan(v), torch.zeros_like(i), i)
-
-
 def _div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
     """IEEE float32 division ``a / b`` where one side may be a Python number.
 
@@ -83,10 +71,7 @@ def _div(a: torch.Tensor | float, b: torch.Tensor | float) -> torch.Tensor:
 
 def _seq_sum(p: torch.Tensor) -> torch.Tensor:
     """Sum over the last dimension left to right in float32, starting from +0 like a C loop."""
-    return _seq_sum0(p.movedim(-1, 0).contiguous())
-
-
-_seq_sum0 = seq_sum0
+    return seq_sum0(p.movedim(-1, 0).contiguous())
 
 
 def _first_absmax_scan(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from cwp_export.quant.cfloat import nearest_int_clamped, nearest_int_float, seq_sum0
-from cwp_export.quant.symmetric import nearest_int  # the bit-view reference
+from cwp_export.quant.cfloat import nearest_int, nearest_int_clamped, nearest_int_float, seq_sum0
 
 
 def test_seq_sum0_adds_left_to_right_in_float32():
